@@ -1,0 +1,341 @@
+"""Load a flow folder, validate it whole, and compile it into a :class:`engine.flow.Flow`.
+
+Validation collects every problem before failing, each with file, line and field, because a
+flow author fixing one error per run would give up. Two passes: each file against its pydantic
+model, then the cross-file rules (references, reachability, weights, placeholders).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import deque
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from engine import flow_schema as schema
+from engine.errors import FlowProblem, FlowValidationError
+from engine.flow import CompliancePolicy, Flow, Otherwise, Script, Stage, Transition, placeholders
+from engine.generation import GenerationParams
+from engine.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
+
+HASH_SCHEME = "flow:v1:"
+
+
+def content_hash(data: Any, scheme: str = HASH_SCHEME) -> str:
+    """Tagged sha256 of the canonical JSON form (sorted keys, compact, UTF-8) of ``data``."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return scheme + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class _Problems:
+    """Collects problems, resolving a field path to its line in the right file."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.items: list[FlowProblem] = []
+        self.located: dict[str, LocatedYaml] = {}
+
+    def add(self, file: str, loc: Loc, message: str) -> None:
+        located = self.located.get(file)
+        line = located.line_of(loc) if located else None
+        field = ".".join(str(part) for part in loc)
+        self.items.append(FlowProblem(str(self.folder / file), line, field, message))
+
+
+def _parse_files(folder: Path, problems: _Problems) -> dict[str, BaseModel]:
+    parsed: dict[str, BaseModel] = {}
+    for file_name, model in schema.FILES.items():
+        path = folder / file_name
+        if not path.is_file():
+            problems.items.append(FlowProblem(str(path), None, "", "file is missing"))
+            continue
+        try:
+            located = load_located(path)
+        except YamlSyntaxError as exc:
+            problems.items.append(FlowProblem(str(path), exc.line, "", str(exc)))
+            continue
+        except UnicodeDecodeError as exc:
+            problems.items.append(FlowProblem(str(path), None, "", f"not UTF-8 text: {exc}"))
+            continue
+        problems.located[file_name] = located
+        for loc, _line in located.duplicates:
+            problems.add(file_name, loc, "duplicate key (the earlier value would be overwritten)")
+        if not isinstance(located.data, dict):
+            problems.add(file_name, (), "the file must contain a mapping at the top level")
+            continue
+        try:
+            parsed[file_name] = model.model_validate(located.data)
+        except ValidationError as exc:
+            for err in exc.errors():
+                problems.add(file_name, tuple(err["loc"]), err["msg"])
+    return parsed
+
+
+def _check_references(
+    flow: schema.FlowFile,
+    intents: schema.IntentsFile,
+    scripts: schema.ScriptsFile,
+    problems: _Problems,
+) -> None:
+    f, s = "flow.yaml", "scripts.yaml"
+    stage_names = set(flow.stages)
+    script_ids: dict[str, int] = {}
+    for i, script in enumerate(scripts.scripts):
+        if script.id in script_ids:
+            problems.add(s, ("scripts", i, "id"), f"duplicate script id {script.id!r}")
+        script_ids[script.id] = i
+        for j, stage in enumerate(script.stages):
+            if stage != "*" and stage not in stage_names:
+                problems.add(s, ("scripts", i, "stages", j), f"unknown stage {stage!r}")
+        for slot in sorted(placeholders(script.text) - set(flow.slots)):
+            problems.add(
+                s, ("scripts", i, "text"), f"placeholder {{{slot}}} is not a slot in flow.yaml"
+            )
+
+    def need_stage(name: str | None, loc: Loc) -> None:
+        if name is not None and name not in stage_names:
+            problems.add(
+                f, loc, f"unknown stage {name!r} (stages: {', '.join(sorted(stage_names))})"
+            )
+
+    def need_script(script_id: str | None, loc: Loc) -> None:
+        if script_id is not None and script_id not in script_ids:
+            problems.add(f, loc, f"script id {script_id!r} is not in scripts.yaml")
+
+    def need_intent(intent: str, loc: Loc) -> None:
+        if intent != schema.OUT_OF_SCOPE and intent not in intents.intents:
+            problems.add(f, loc, f"intent {intent!r} is not defined in intents.yaml")
+
+    need_stage(flow.start, ("start",))
+    need_stage(flow.on_hangup, ("on_hangup",))
+    if flow.on_hangup in flow.stages and flow.stages[flow.on_hangup].kind != "end":
+        problems.add(f, ("on_hangup",), "on_hangup must name an end stage")
+    need_script(flow.compliance.universal_fallback, ("compliance", "universal_fallback"))
+    for intent, tr in flow.global_.items():
+        need_intent(intent, ("global", intent))
+        need_stage(tr.to, ("global", intent, "to"))
+        need_script(tr.say, ("global", intent, "say"))
+        if tr.to is None and tr.say is None:
+            problems.add(f, ("global", intent), "a transition needs `to`, `say` or both")
+
+    for name, stage in flow.stages.items():
+        loc: Loc = ("stages", name)
+        need_script(stage.say, (*loc, "say"))
+        for intent, tr in stage.on.items():
+            need_intent(intent, (*loc, "on", intent))
+            need_stage(tr.to, (*loc, "on", intent, "to"))
+            need_script(tr.say, (*loc, "on", intent, "say"))
+            if tr.to is None and tr.say is None:
+                problems.add(f, (*loc, "on", intent), "a transition needs `to`, `say` or both")
+        if stage.otherwise:
+            need_stage(stage.otherwise.then, (*loc, "otherwise", "then"))
+            need_script(stage.otherwise.say, (*loc, "otherwise", "say"))
+        if stage.compliance and stage.compliance.fallback:
+            for script_id in stage.compliance.fallback:
+                need_script(script_id, (*loc, "compliance", "fallback", script_id))
+            total = sum(stage.compliance.fallback.values())
+            if not math.isclose(total, 1.0, abs_tol=1e-6):
+                problems.add(
+                    f, (*loc, "compliance", "fallback"), f"weights sum to {total:g}, not 1"
+                )
+        _check_stage_kind(name, stage, problems)
+
+
+def _check_stage_kind(name: str, stage: schema.Stage, problems: _Problems) -> None:
+    f, loc = "flow.yaml", ("stages", name)
+    if stage.kind == "end":
+        if not stage.outcome:
+            problems.add(f, (*loc, "outcome"), "end stages need an outcome")
+        if not stage.say:
+            problems.add(
+                f, (*loc, "say"), "end stages need a `say` script: the caller's last words"
+            )
+        for key in ("on", "otherwise", "generation", "compliance"):
+            if getattr(stage, key):
+                problems.add(f, (*loc, key), f"end stages take no `{key}`")
+        return
+    if stage.outcome:
+        problems.add(f, (*loc, "outcome"), "only end stages have an outcome")
+    if stage.kind == "scripted":
+        if not stage.say:
+            problems.add(f, (*loc, "say"), "scripted stages need a `say` script")
+        for key in ("generation", "compliance"):
+            if getattr(stage, key):
+                problems.add(f, (*loc, key), f"`{key}` applies to llm stages only")
+        if stage.otherwise and stage.otherwise.max > 0 and not stage.otherwise.say:
+            problems.add(f, (*loc, "otherwise", "say"), "a re-prompt script is needed when max > 0")
+    if stage.kind == "llm" and not (stage.goal and stage.goal.strip()):
+        problems.add(f, (*loc, "goal"), "llm stages need a goal: it is the model's task")
+    if not stage.on and not stage.otherwise:
+        problems.add(f, loc, "the stage has no way out: add `on` transitions or `otherwise`")
+
+
+def _check_reachability(flow: schema.FlowFile, problems: _Problems) -> None:
+    stages = flow.stages
+    if flow.start not in stages:
+        return
+    seen, queue = {flow.start}, deque([flow.start])
+    extra = [flow.on_hangup] + [tr.to for tr in flow.global_.values()]
+    for target in extra:
+        if target in stages and target not in seen:
+            seen.add(target)
+            queue.append(target)
+    while queue:
+        stage = stages[queue.popleft()]
+        targets = [tr.to for tr in stage.on.values()]
+        if stage.otherwise:
+            targets.append(stage.otherwise.then)
+        for target in targets:
+            if target in stages and target not in seen:
+                seen.add(target)
+                queue.append(target)
+    for name in stages:
+        if name not in seen:
+            problems.add("flow.yaml", ("stages", name), f"stage {name!r} is unreachable from start")
+
+
+def _check_generation(flow: schema.FlowFile, problems: _Problems) -> dict[str, GenerationParams]:
+    """Merge flow-level and stage-level generation blocks and check the combined rules."""
+    resolved: dict[str, GenerationParams] = {}
+    try:
+        default = GenerationParams().merged(flow.llm.generation)
+    except ValidationError as exc:
+        for err in exc.errors():
+            problems.add("flow.yaml", ("llm", "generation"), err["msg"])
+        return resolved
+    for name, stage in flow.stages.items():
+        if stage.kind == "end":
+            continue
+        try:
+            resolved[name] = default.merged(stage.generation)
+        except ValidationError as exc:
+            loc = ("stages", name, "generation") if stage.generation else ("llm", "generation")
+            for err in exc.errors():
+                problems.add("flow.yaml", loc, err["msg"])
+    resolved["__default__"] = default
+    return resolved
+
+
+def _check_candidates(flow: schema.FlowFile, scripts: schema.ScriptsFile, problems: _Problems):
+    for name, stage in flow.stages.items():
+        if stage.kind != "llm":
+            continue
+        if not _candidate_ids(flow, name, stage, scripts):
+            problems.add(
+                "flow.yaml",
+                ("stages", name),
+                "no approved script in scripts.yaml lists this llm stage: the compliance "
+                "filter would have nothing to send",
+            )
+
+
+def _fallback_ids(flow: schema.FlowFile, stage: schema.Stage) -> set[str]:
+    ids = {flow.compliance.universal_fallback}
+    if stage.compliance and stage.compliance.fallback:
+        ids |= set(stage.compliance.fallback)
+    return ids
+
+
+def _candidate_ids(
+    flow: schema.FlowFile, name: str, stage: schema.Stage, scripts: schema.ScriptsFile
+) -> tuple[str, ...]:
+    """Approved scripts of a stage the LLM draft may be matched to (fallbacks excluded)."""
+    excluded = _fallback_ids(flow, stage)
+    return tuple(
+        s.id
+        for s in scripts.scripts
+        if (name in s.stages or "*" in s.stages) and s.id not in excluded
+    )
+
+
+def _compile(
+    folder: Path,
+    flow: schema.FlowFile,
+    intents: schema.IntentsFile,
+    scripts: schema.ScriptsFile,
+    generation: dict[str, GenerationParams],
+    raw: dict[str, Any],
+) -> Flow:
+    def transition(tr: schema.TransitionSpec) -> Transition:
+        return Transition(to=tr.to, say=tr.say)
+
+    stages: dict[str, Stage] = {}
+    for name, st in flow.stages.items():
+        policy = None
+        if st.kind != "end":
+            sc = st.compliance or schema.StageCompliance()
+            policy = CompliancePolicy(
+                threshold=sc.threshold if sc.threshold is not None else flow.compliance.threshold,
+                mode=sc.mode or flow.compliance.mode,
+                fallback=tuple(sorted((sc.fallback or {}).items())),
+                universal_fallback=flow.compliance.universal_fallback,
+                candidates=_candidate_ids(flow, name, st, scripts),
+            )
+        say_text = next((s.text for s in scripts.scripts if s.id == st.say), "") if st.say else ""
+        stages[name] = Stage(
+            name=name,
+            kind=st.kind,
+            say=st.say,
+            goal=(st.goal or say_text).strip(),
+            on=MappingProxyType({k: transition(v) for k, v in st.on.items()}),
+            otherwise=Otherwise(st.otherwise.say, st.otherwise.max, st.otherwise.then)
+            if st.otherwise
+            else None,
+            outcome=st.outcome,
+            generation=generation.get(name),
+            compliance=policy,
+        )
+    script_map = {
+        s.id: Script(id=s.id, stages=tuple(s.stages), act=s.act, text=s.text)
+        for s in scripts.scripts
+    }
+    return Flow(
+        name=flow.flow,
+        version=content_hash(raw),
+        label=flow.version,
+        language=flow.language,
+        description=flow.description,
+        folder=folder,
+        start=flow.start,
+        on_hangup=flow.on_hangup,
+        slot_defaults=MappingProxyType(dict(flow.slots)),
+        classifier_threshold=flow.classifier.threshold,
+        classifier_margin=flow.classifier.margin,
+        embedder=flow.compliance.embedder,
+        persona=flow.llm.persona,
+        default_generation=generation["__default__"],
+        global_on=MappingProxyType({k: transition(v) for k, v in flow.global_.items()}),
+        stages=MappingProxyType(stages),
+        scripts=MappingProxyType(script_map),
+        intents=MappingProxyType({k: tuple(v) for k, v in intents.intents.items()}),
+        library_hash=content_hash(raw["scripts.yaml"], scheme="scripts:v1:"),
+    )
+
+
+def load_flow(folder: str | Path) -> Flow:
+    """Load and validate a flow folder; raise :class:`FlowValidationError` listing every problem."""
+    folder = Path(folder)
+    problems = _Problems(folder)
+    if not folder.is_dir():
+        raise FlowValidationError([FlowProblem(str(folder), None, "", "not a flow folder")])
+    parsed = _parse_files(folder, problems)
+    if len(parsed) == len(schema.FILES):
+        flow = parsed["flow.yaml"]
+        intents = parsed["intents.yaml"]
+        scripts = parsed["scripts.yaml"]
+        assert isinstance(flow, schema.FlowFile)
+        assert isinstance(intents, schema.IntentsFile)
+        assert isinstance(scripts, schema.ScriptsFile)
+        _check_references(flow, intents, scripts, problems)
+        _check_reachability(flow, problems)
+        generation = _check_generation(flow, problems)
+        _check_candidates(flow, scripts, problems)
+    if problems.items:
+        raise FlowValidationError(problems.items)
+    raw = {name: problems.located[name].data for name in schema.FILES}
+    return _compile(folder, flow, intents, scripts, generation, raw)

@@ -1,0 +1,130 @@
+"""Typed models of the three YAML files of a flow folder.
+
+These models check each file on its own (types, ranges, unknown fields). Checks that need more
+than one file (does that script id exist? is that stage reachable?) live in ``flow_loader``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from engine.generation import GenerationOverrides
+
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=80)]
+ScriptId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$", max_length=120)]
+OUT_OF_SCOPE = "out_of_scope"
+EMBEDDERS = ("minilm", "tfidf-char")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _stage_name_to_transition(value: Any) -> Any:
+    """``affirm: identity`` is shorthand for ``affirm: {to: identity}``."""
+    return {"to": value} if isinstance(value, str) else value
+
+
+class TransitionSpec(_Strict):
+    to: Name | None = Field(None, description="Target stage; omitted = stay in the current stage.")
+    say: ScriptId | None = Field(
+        None, description="Script sent instead of the target's entry reply."
+    )
+
+
+Transition = Annotated[TransitionSpec, BeforeValidator(_stage_name_to_transition)]
+
+
+class Otherwise(_Strict):
+    say: ScriptId | None = Field(None, description="Re-prompt script (scripted stages).")
+    max: int = Field(2, ge=0, le=20, description="Unmatched turns allowed before `then`.")
+    then: Name = Field(description="Stage entered once `max` is exceeded.")
+
+
+class StageCompliance(_Strict):
+    threshold: float | None = Field(None, ge=0, le=1)
+    mode: Literal["strict", "pass"] | None = None
+    fallback: dict[ScriptId, Annotated[float, Field(gt=0, le=1)]] | None = Field(
+        None, description="Fallback script id -> weight; weights sum to 1."
+    )
+
+
+class Stage(_Strict):
+    kind: Literal["scripted", "llm", "end"]
+    say: ScriptId | None = Field(None, description="Script sent on entering the stage.")
+    goal: str | None = Field(None, description="What the stage is for; the LLM prompt's task.")
+    on: dict[Name, Transition] = Field(default_factory=dict)
+    otherwise: Otherwise | None = None
+    generation: GenerationOverrides | None = None
+    compliance: StageCompliance | None = None
+    outcome: Name | None = Field(None, description="End stages: the conversation's outcome.")
+
+
+class ClassifierConfig(_Strict):
+    threshold: float = Field(0.3, ge=0, le=1, description="Minimum confidence to accept an intent.")
+    margin: float = Field(0.1, ge=0, le=1, description="Minimum top-two probability margin.")
+
+
+class ComplianceConfig(_Strict):
+    embedder: Literal["minilm", "tfidf-char"] = "minilm"
+    threshold: float = Field(0.55, ge=0, le=1)
+    mode: Literal["strict", "pass"] = "strict"
+    universal_fallback: ScriptId
+
+
+class LLMConfig(_Strict):
+    persona: str = "You are a polite phone sales agent."
+    generation: GenerationOverrides | None = None
+
+
+class FlowFile(_Strict):
+    """flow.yaml"""
+
+    flow: Name
+    version: int | str = 1
+    language: str = Field("en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]+)*$")
+    description: str = ""
+    start: Name
+    on_hangup: Name | None = None
+    slots: dict[Name, str | None] = Field(default_factory=dict)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    compliance: ComplianceConfig
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    global_: dict[Name, Transition] = Field(default_factory=dict, alias="global")
+    stages: dict[Name, Stage] = Field(min_length=1)
+
+
+class IntentsFile(_Strict):
+    """intents.yaml"""
+
+    intents: dict[Name, Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=2)]]
+
+
+class Script(_Strict):
+    id: ScriptId
+    stages: list[str] = Field(min_length=1, description='Stage names, or "*" for every stage.')
+    act: Name
+    text: str = Field(min_length=1)
+
+
+class ScriptsFile(_Strict):
+    """scripts.yaml"""
+
+    scripts: list[Script] = Field(min_length=1)
+
+
+FILES: dict[str, type[BaseModel]] = {
+    "flow.yaml": FlowFile,
+    "intents.yaml": IntentsFile,
+    "scripts.yaml": ScriptsFile,
+}
+
+
+def json_schema(file_name: str = "flow.yaml") -> dict[str, Any]:
+    """The JSON Schema of one file of a flow folder, for editors (yaml-language-server)."""
+    schema = FILES[file_name].model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = f"salesbot {file_name}"
+    return schema

@@ -1,0 +1,96 @@
+"""YAML loading that remembers where every value came from.
+
+PyYAML's safe loader drops line numbers and silently keeps the last of two duplicate keys; flow
+authors need both: errors that point at a line, and duplicate keys reported instead of hidden.
+We compose the node graph (which carries marks) and build plain Python values from it ourselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass
+class LocatedYaml:
+    """Plain data plus a map from each value's path (keys and list indexes) to its 1-based line."""
+
+    data: Any
+    lines: dict[Loc, int] = field(default_factory=dict)
+    duplicates: list[tuple[Loc, int]] = field(default_factory=list)
+
+    def line_of(self, loc: Loc) -> int | None:
+        """The line of ``loc`` or of its nearest ancestor that exists in the file."""
+        loc = tuple(loc)
+        while loc:
+            if loc in self.lines:
+                return self.lines[loc]
+            loc = loc[:-1]
+        return self.lines.get((), None)
+
+
+class YamlSyntaxError(Exception):
+    def __init__(self, line: int | None, message: str):
+        self.line = line
+        super().__init__(message)
+
+
+_YAML11_BOOL_WORDS = {"on", "off", "yes", "no", "y", "n"}
+
+
+def _construct_key(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
+    """Mapping keys as YAML 1.2 reads them: a bare ``on:`` is the string "on", not True.
+
+    YAML 1.1 (PyYAML) turns on/off/yes/no into booleans, which breaks every ``on:`` block of a
+    flow; no flow key is ever meant as a boolean.
+    """
+    if (
+        isinstance(node, yaml.ScalarNode)
+        and node.style is None
+        and node.value.lower() in _YAML11_BOOL_WORDS
+    ):
+        return node.value
+    return loader.construct_object(node, deep=True)
+
+
+def _build(node: yaml.Node, loc: Loc, out: LocatedYaml, loader: yaml.SafeLoader) -> Any:
+    out.lines[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _construct_key(key_node, loader)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise YamlSyntaxError(key_node.start_mark.line + 1, "mapping keys must be scalars")
+            if key in result:
+                out.duplicates.append(((*loc, key), key_node.start_mark.line + 1))
+            child = (*loc, key)
+            result[key] = _build(value_node, child, out, loader)
+            out.lines[child] = key_node.start_mark.line + 1
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, (*loc, i), out, loader) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def load_located(path: Path) -> LocatedYaml:
+    """Parse one YAML file; raise :class:`YamlSyntaxError` with a line number on bad syntax."""
+    text = path.read_text(encoding="utf-8")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        out = LocatedYaml(data=None)
+        if node is not None:
+            out.data = _build(node, (), out, loader)
+        return out
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise YamlSyntaxError(line, f"YAML syntax error: {exc.problem or exc}") from None
+    finally:
+        loader.dispose()

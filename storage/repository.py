@@ -1,0 +1,120 @@
+"""The Store: one object that owns the database engine and the transaction rules.
+
+Every turn is one transaction that first locks its conversation: ``SELECT ... FOR UPDATE`` on
+PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite (which takes the database's write lock at the start
+rather than at the first write, so two processes cannot interleave a read-modify-write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine as SAEngine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from engine.errors import SessionNotFound
+from storage import migrate
+from storage.models import ComplianceDecision, Conversation, StageEvent, Turn
+
+DEFAULT_URL = "sqlite:///salesbot.db"
+
+
+def make_engine(url: str) -> SAEngine:
+    """A SQLAlchemy engine with the per-backend settings salesbot relies on."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, future=True)
+    in_memory = url in ("sqlite://", "sqlite:///:memory:")
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        poolclass=StaticPool if in_memory else None,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (documented recipe).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Store:
+    """Conversation storage over any SQLAlchemy URL; migrates the database to head on open."""
+
+    def __init__(self, url: str = DEFAULT_URL):
+        self.url = url
+        self.engine = make_engine(url)
+        with self.engine.begin() as connection:
+            migrate.upgrade(connection)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with self._sessions.begin() as db:
+            yield db
+
+    @contextmanager
+    def locked(self, conversation_id: str) -> Iterator[tuple[Session, Conversation]]:
+        """A transaction holding the conversation's lock; commits on normal exit."""
+        with self._sessions.begin() as db:
+            query = select(Conversation).where(Conversation.id == conversation_id)
+            if self.dialect == "postgresql":
+                query = query.with_for_update()
+            conversation = db.scalars(query).one_or_none()
+            if conversation is None:
+                raise SessionNotFound(conversation_id)
+            yield db, conversation
+
+    def get(self, conversation_id: str) -> Conversation:
+        with self._sessions() as db:
+            conversation = db.get(Conversation, conversation_id)
+            if conversation is None:
+                raise SessionNotFound(conversation_id)
+            return conversation
+
+    def turns(self, conversation_id: str) -> list[Turn]:
+        with self._sessions() as db:
+            query = (
+                select(Turn)
+                .where(Turn.conversation_id == conversation_id)
+                .order_by(Turn.turn_index)
+            )
+            return list(db.scalars(query))
+
+    def stage_events(self, conversation_id: str) -> list[StageEvent]:
+        with self._sessions() as db:
+            query = (
+                select(StageEvent)
+                .where(StageEvent.conversation_id == conversation_id)
+                .order_by(StageEvent.id)
+            )
+            return list(db.scalars(query))
+
+    def compliance_decisions(self, conversation_id: str) -> list[ComplianceDecision]:
+        with self._sessions() as db:
+            query = (
+                select(ComplianceDecision)
+                .where(ComplianceDecision.conversation_id == conversation_id)
+                .order_by(ComplianceDecision.id)
+            )
+            return list(db.scalars(query))
