@@ -7,6 +7,7 @@ We compose the node graph (which carries marks) and build plain Python values fr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,22 +41,24 @@ class YamlSyntaxError(Exception):
         super().__init__(message)
 
 
-_YAML11_BOOL_WORDS = {"on", "off", "yes", "no", "y", "n"}
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false are booleans.
 
-
-def _construct_key(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
-    """Mapping keys as YAML 1.2 reads them: a bare ``on:`` is the string "on", not True.
-
-    YAML 1.1 (PyYAML) turns on/off/yes/no into booleans, which breaks every ``on:`` block of a
-    flow; no flow key is ever meant as a boolean.
+    YAML 1.1 (PyYAML's default) reads yes/no/on/off as booleans, which turns a bare ``on:`` block
+    into ``True:`` and the intent example ``- yes`` into ``True``. No flow value is ever meant
+    that way.
     """
-    if (
-        isinstance(node, yaml.ScalarNode)
-        and node.style is None
-        and node.value.lower() in _YAML11_BOOL_WORDS
-    ):
-        return node.value
-    return loader.construct_object(node, deep=True)
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
 
 
 def _build(node: yaml.Node, loc: Loc, out: LocatedYaml, loader: yaml.SafeLoader) -> Any:
@@ -64,7 +67,7 @@ def _build(node: yaml.Node, loc: Loc, out: LocatedYaml, loader: yaml.SafeLoader)
         loader.flatten_mapping(node)
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = _construct_key(key_node, loader)
+            key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise YamlSyntaxError(key_node.start_mark.line + 1, "mapping keys must be scalars")
             if key in result:
@@ -81,7 +84,7 @@ def _build(node: yaml.Node, loc: Loc, out: LocatedYaml, loader: yaml.SafeLoader)
 def load_located(path: Path) -> LocatedYaml:
     """Parse one YAML file; raise :class:`YamlSyntaxError` with a line number on bad syntax."""
     text = path.read_text(encoding="utf-8")
-    loader = yaml.SafeLoader(text)
+    loader = _Yaml12Loader(text)
     try:
         node = loader.get_single_node()
         out = LocatedYaml(data=None)

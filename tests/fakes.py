@@ -1,0 +1,40 @@
+"""Fakes for process boundaries only: an LLM backend whose replies a test scripts."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from engine.generation import GenerationParams
+from engine.llm.base import BackendError, ChatMessage, Generation
+
+
+class FakeBackend:
+    """Returns queued replies in order (or ``default``); records every prompt it was given.
+
+    Queue an exception instance to make that call fail like a broken backend.
+    """
+
+    name = "fake"
+
+    def __init__(self, default: str = ""):
+        self.default = default
+        self.queue: deque[str | Exception] = deque()
+        self.history: list[tuple[list[ChatMessage], GenerationParams]] = []
+
+    def enqueue(self, *items: str | Exception) -> FakeBackend:
+        self.queue.extend(items)
+        return self
+
+    def load(self) -> None:
+        pass
+
+    def generate(
+        self, messages: list[ChatMessage], params: GenerationParams, seed: int | None = None
+    ) -> Generation:
+        self.history.append((messages, params))
+        item = self.queue.popleft() if self.queue else self.default
+        if isinstance(item, Exception):
+            if isinstance(item, BackendError):
+                raise item
+            raise BackendError(str(item))
+        return Generation(item, prompt_tokens=10, completion_tokens=len(item.split()), seconds=0.0)
