@@ -107,5 +107,25 @@ class Flow:
 
 
 def placeholders(text: str) -> frozenset[str]:
-    """Slot names used as ``{slot}`` in a script text."""
+    """Slot names used as ``{slot}`` in a script text (the text must pass ``template_problem``)."""
     return frozenset(name for _, name, _, _ in string.Formatter().parse(text) if name)
+
+
+def template_problem(text: str) -> str | None:
+    """Why ``text`` cannot be rendered with ``{slot}`` placeholders, or None when it can.
+
+    Checked at load time so that a typo such as ``{customer_name`` or ``{}`` is a validation
+    error with a line number instead of an exception in the middle of a live call.
+    """
+    try:
+        fields = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        return f"malformed placeholder ({exc}); write {{slot_name}}, and {{{{ }}}} for braces"
+    for _, name, spec, conversion in fields:
+        if name is None:
+            continue
+        if not name.isidentifier():
+            return f"placeholder {{{name}}} must be a slot name such as {{customer_name}}"
+        if spec or conversion:
+            return f"placeholder {{{name}}} takes no format spec or conversion"
+    return None

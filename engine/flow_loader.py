@@ -19,7 +19,16 @@ from pydantic import BaseModel, ValidationError
 
 from engine import flow_schema as schema
 from engine.errors import FlowProblem, FlowValidationError
-from engine.flow import CompliancePolicy, Flow, Otherwise, Script, Stage, Transition, placeholders
+from engine.flow import (
+    CompliancePolicy,
+    Flow,
+    Otherwise,
+    Script,
+    Stage,
+    Transition,
+    placeholders,
+    template_problem,
+)
 from engine.generation import GenerationParams
 from engine.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
 
@@ -40,9 +49,10 @@ class _Problems:
         self.items: list[FlowProblem] = []
         self.located: dict[str, LocatedYaml] = {}
 
-    def add(self, file: str, loc: Loc, message: str) -> None:
+    def add(self, file: str, loc: Loc, message: str, line: int | None = None) -> None:
         located = self.located.get(file)
-        line = located.line_of(loc) if located else None
+        if line is None and located:
+            line = located.line_of(loc)
         field = ".".join(str(part) for part in loc)
         self.items.append(FlowProblem(str(self.folder / file), line, field, message))
 
@@ -63,8 +73,10 @@ def _parse_files(folder: Path, problems: _Problems) -> dict[str, BaseModel]:
             problems.items.append(FlowProblem(str(path), None, "", f"not UTF-8 text: {exc}"))
             continue
         problems.located[file_name] = located
-        for loc, _line in located.duplicates:
-            problems.add(file_name, loc, "duplicate key (the earlier value would be overwritten)")
+        for loc, line in located.duplicates:
+            problems.add(
+                file_name, loc, "duplicate key (the earlier value would be overwritten)", line
+            )
         if not isinstance(located.data, dict):
             problems.add(file_name, (), "the file must contain a mapping at the top level")
             continue
@@ -78,20 +90,26 @@ def _parse_files(folder: Path, problems: _Problems) -> dict[str, BaseModel]:
 
 def _check_references(
     flow: schema.FlowFile,
-    intents: schema.IntentsFile,
-    scripts: schema.ScriptsFile,
+    intents: schema.IntentsFile | None,
+    scripts: schema.ScriptsFile | None,
     problems: _Problems,
 ) -> None:
+    """Cross-file references. A file that failed its own schema check is None: references into
+    it are not checked (they would only repeat its errors), everything else still is."""
     f, s = "flow.yaml", "scripts.yaml"
     stage_names = set(flow.stages)
     script_ids: dict[str, int] = {}
-    for i, script in enumerate(scripts.scripts):
+    for i, script in enumerate(scripts.scripts if scripts else []):
         if script.id in script_ids:
             problems.add(s, ("scripts", i, "id"), f"duplicate script id {script.id!r}")
         script_ids[script.id] = i
         for j, stage in enumerate(script.stages):
             if stage != "*" and stage not in stage_names:
                 problems.add(s, ("scripts", i, "stages", j), f"unknown stage {stage!r}")
+        problem = template_problem(script.text)
+        if problem:
+            problems.add(s, ("scripts", i, "text"), problem)
+            continue
         for slot in sorted(placeholders(script.text) - set(flow.slots)):
             problems.add(
                 s, ("scripts", i, "text"), f"placeholder {{{slot}}} is not a slot in flow.yaml"
@@ -104,11 +122,11 @@ def _check_references(
             )
 
     def need_script(script_id: str | None, loc: Loc) -> None:
-        if script_id is not None and script_id not in script_ids:
+        if scripts is not None and script_id is not None and script_id not in script_ids:
             problems.add(f, loc, f"script id {script_id!r} is not in scripts.yaml")
 
     def need_intent(intent: str, loc: Loc) -> None:
-        if intent != schema.OUT_OF_SCOPE and intent not in intents.intents:
+        if intents is not None and intent != schema.OUT_OF_SCOPE and intent not in intents.intents:
             problems.add(f, loc, f"intent {intent!r} is not defined in intents.yaml")
 
     need_stage(flow.start, ("start",))
@@ -324,18 +342,17 @@ def load_flow(folder: str | Path) -> Flow:
     if not folder.is_dir():
         raise FlowValidationError([FlowProblem(str(folder), None, "", "not a flow folder")])
     parsed = _parse_files(folder, problems)
-    if len(parsed) == len(schema.FILES):
-        flow = parsed["flow.yaml"]
-        intents = parsed["intents.yaml"]
-        scripts = parsed["scripts.yaml"]
-        assert isinstance(flow, schema.FlowFile)
-        assert isinstance(intents, schema.IntentsFile)
-        assert isinstance(scripts, schema.ScriptsFile)
-        _check_references(flow, intents, scripts, problems)
+    flow = parsed.get("flow.yaml")
+    intents = parsed.get("intents.yaml")
+    scripts = parsed.get("scripts.yaml")
+    if isinstance(flow, schema.FlowFile):
+        _check_references(flow, intents, scripts, problems)  # type: ignore[arg-type]
         _check_reachability(flow, problems)
         generation = _check_generation(flow, problems)
-        _check_candidates(flow, scripts, problems)
+        if isinstance(scripts, schema.ScriptsFile):
+            _check_candidates(flow, scripts, problems)
     if problems.items:
         raise FlowValidationError(problems.items)
+    assert isinstance(intents, schema.IntentsFile) and isinstance(scripts, schema.ScriptsFile)
     raw = {name: problems.located[name].data for name in schema.FILES}
     return _compile(folder, flow, intents, scripts, generation, raw)

@@ -34,7 +34,10 @@ class TransitionSpec(_Strict):
     )
 
 
-Transition = Annotated[TransitionSpec, BeforeValidator(_stage_name_to_transition)]
+Transition = Annotated[
+    TransitionSpec,
+    BeforeValidator(_stage_name_to_transition, json_schema_input_type=Name | TransitionSpec),
+]
 
 
 class Otherwise(_Strict):

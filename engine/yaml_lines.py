@@ -61,7 +61,16 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
-def _build(node: yaml.Node, loc: Loc, out: LocatedYaml, loader: yaml.SafeLoader) -> Any:
+def _build(
+    node: yaml.Node,
+    loc: Loc,
+    out: LocatedYaml,
+    loader: yaml.SafeLoader,
+    ancestors: frozenset[int] = frozenset(),
+) -> Any:
+    if id(node) in ancestors:
+        raise YamlSyntaxError(node.start_mark.line + 1, "an alias refers to itself")
+    ancestors = ancestors | {id(node)}
     out.lines[loc] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
@@ -73,11 +82,13 @@ def _build(node: yaml.Node, loc: Loc, out: LocatedYaml, loader: yaml.SafeLoader)
             if key in result:
                 out.duplicates.append(((*loc, key), key_node.start_mark.line + 1))
             child = (*loc, key)
-            result[key] = _build(value_node, child, out, loader)
+            result[key] = _build(value_node, child, out, loader, ancestors)
             out.lines[child] = key_node.start_mark.line + 1
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*loc, i), out, loader) for i, item in enumerate(node.value)]
+        return [
+            _build(item, (*loc, i), out, loader, ancestors) for i, item in enumerate(node.value)
+        ]
     return loader.construct_object(node, deep=True)
 
 

@@ -33,3 +33,9 @@ def test_syntax_error_carries_the_line(tmp_path):
     with pytest.raises(YamlSyntaxError) as info:
         load_located(write(tmp_path, "a: 1\nb: [unclosed\nc: 2\n"))
     assert info.value.line is not None and info.value.line >= 2
+
+
+def test_self_referencing_alias_is_an_error_not_a_crash(tmp_path):
+    with pytest.raises(YamlSyntaxError, match="refers to itself") as info:
+        load_located(write(tmp_path, "a: 1\nx: &loop [*loop]\n"))
+    assert info.value.line == 2

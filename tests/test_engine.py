@@ -1,0 +1,205 @@
+"""The engine on the small test flow with a scripted fake LLM, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.compliance import ComplianceFilter
+from engine.compliance.embedders import CharNgramEmbedder
+from engine.engine import Engine
+from engine.errors import MissingSlot, SessionEnded, SessionNotFound
+from engine.flow_loader import load_flow
+from intents import load_or_train
+from storage import Store
+from tests.conftest import ROOT
+from tests.fakes import FakeBackend
+
+MINI = ROOT / "tests" / "flows" / "mini"
+
+
+def make_engine(db_url: str, backend: FakeBackend | None = None) -> Engine:
+    flow = load_flow(MINI)
+    classifier = load_or_train(
+        {k: list(v) for k, v in flow.intents.items()}, language=flow.language
+    )
+    return Engine(
+        flow=flow,
+        classifier=classifier,
+        backend=backend or FakeBackend(),
+        compliance=ComplianceFilter(flow, CharNgramEmbedder()),
+        store=Store(db_url),
+    )
+
+
+def test_whole_call_through_scripted_and_llm_stages(db_url):
+    backend = FakeBackend().enqueue("Our faster plan gives you 500 megabits for eight pounds more")
+    engine = make_engine(db_url, backend)
+    opening = engine.start("cust-1", {"customer_name": "Alex"})
+    assert opening.text == "Hello, this is Sam. Am I speaking with Alex?"
+    assert (opening.stage, opening.source, opening.script_id) == (
+        "greeting",
+        "script",
+        "greeting.open",
+    )
+
+    pitch = engine.turn(opening.session_id, "yes that's me")
+    assert pitch.intent == "affirm" and pitch.stage == "pitch"
+    assert pitch.source == "llm" and pitch.script_id == "pitch.speed"
+    assert pitch.text == engine.flow.scripts["pitch.speed"].text
+    assert set(pitch.latencies_ms) >= {"classify_ms", "generate_ms", "compliance_ms", "total_ms"}
+    # The prompt carried the stage goal and what the customer said.
+    messages, params = backend.history[0]
+    assert "Offer the faster plan." in messages[0]["content"]
+    assert messages[-1] == {"role": "user", "content": "yes that's me"}
+    assert params.max_new_tokens == 24 and params.top_p == 0.9
+
+    closing = engine.turn(opening.session_id, "yes please")
+    assert closing.ended and closing.outcome == "converted" and closing.stage == "converted"
+
+    stored = engine.transcript(opening.session_id)
+    replies = [opening, pitch, closing]
+    assert [(t.turn_index, t.reply_text, t.script_id, t.stage, t.source) for t in stored] == [
+        (r.turn_index, r.text, r.script_id, r.stage, r.source) for r in replies
+    ]
+    assert [t.user_text for t in stored] == [None, "yes that's me", "yes please"]
+    events = [e.stage for e in engine.store.stage_events(opening.session_id)]
+    assert events == ["greeting", "pitch", "converted"]
+    audit = engine.store.compliance_decisions(opening.session_id)
+    assert len(audit) == 1 and audit[0].decision == "approved"
+    assert (
+        audit[0].raw_text.startswith("Our faster plan")
+        and audit[0].top_k["ids"][0] == "pitch.speed"
+    )
+    assert audit[0].library_hash == engine.flow.library_hash
+    conversation = engine.store.get(opening.session_id)
+    assert (conversation.status, conversation.outcome, conversation.flow_version) == (
+        "ended",
+        "converted",
+        engine.flow.version,
+    )
+
+
+def test_off_script_llm_draft_gets_a_sticky_fallback_variant(db_url):
+    backend = FakeBackend(default="zzzz qqqq xxxx")
+    engine = make_engine(db_url, backend)
+    session = engine.start("cust-2", {"customer_name": "Alex"}).session_id
+    first = engine.turn(session, "yes")
+    second = engine.turn(session, "hmm what")
+    assert first.source == second.source == "fallback"
+    assert first.variant in {"pitch.fallback_a", "pitch.fallback_b"}
+    assert second.variant == first.variant  # fixed for the whole call
+    assert first.text == engine.flow.scripts[first.variant].text
+    audit = engine.store.compliance_decisions(session)
+    assert [a.decision for a in audit] == ["fallback", "fallback"]
+    assert all(a.score is None or a.score < a.threshold for a in audit)
+
+
+def test_backend_failure_sends_the_fallback_and_logs_the_error(db_url):
+    backend = FakeBackend().enqueue(RuntimeError("model server unreachable"))
+    engine = make_engine(db_url, backend)
+    session = engine.start("cust-3", {"customer_name": "Alex"}).session_id
+    reply = engine.turn(session, "yes")
+    assert reply.source == "fallback" and reply.stage == "pitch"
+    audit = engine.store.compliance_decisions(session)
+    assert audit[0].raw_text is None and "unreachable" in audit[0].error
+
+
+def test_otherwise_reprompts_then_exits(db_url):
+    engine = make_engine(db_url)
+    session = engine.start("cust-4", {"customer_name": "Alex"}).session_id
+    first = engine.turn(session, "")  # silence is always out of scope
+    assert (first.script_id, first.stage, first.ended) == ("greeting.reprompt", "greeting", False)
+    second = engine.turn(session, "   ")
+    assert second.ended and second.outcome == "refused"
+
+
+def test_global_answer_keeps_the_stage(db_url):
+    engine = make_engine(db_url)
+    session = engine.start("cust-5", {"customer_name": "Alex"}).session_id
+    reply = engine.turn(session, "are you a robot")
+    assert (reply.intent, reply.script_id, reply.stage) == ("ask_if_robot", "faq.robot", "greeting")
+    assert reply.text == "I'm an automated assistant calling for Sam's team."
+
+
+def test_a_new_engine_continues_the_session(db_url):
+    first = make_engine(db_url)
+    session = first.start("cust-6", {"customer_name": "Alex"}).session_id
+    first.store.close()
+    second = make_engine(db_url, FakeBackend(default="Would you like me to upgrade you today?"))
+    reply = second.turn(session, "yes")
+    assert reply.stage == "pitch" and reply.turn_index == 1
+    assert reply.script_id == "pitch.ask"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   ",
+        "x" * 10_000,
+        "yes 👍🎉",
+        "\x00\x01\x1b[31myes\x7f",
+        "\ud800 broken surrogate",
+        "是的",
+    ],
+)
+def test_any_text_gets_a_reply_and_is_stored(db_url, text):
+    engine = make_engine(db_url, FakeBackend(default="faster plan"))
+    session = engine.start("cust-7", {"customer_name": "Alex"}).session_id
+    reply = engine.turn(session, text)
+    assert reply.text
+    stored = engine.transcript(session)[-1]
+    assert stored.reply_text == reply.text
+    assert len(stored.user_text) == len(text)  # kept whole; only unstorable characters replaced
+    if not text.strip():
+        assert reply.intent == "out_of_scope"
+
+
+def test_end_records_the_hangup_stage_once(db_url):
+    engine = make_engine(db_url)
+    session = engine.start("cust-8", {"customer_name": "Alex"}).session_id
+    engine.end(session, "hangup")
+    engine.end(session, "hangup")
+    conversation = engine.store.get(session)
+    assert (conversation.status, conversation.outcome, conversation.stage) == (
+        "ended",
+        "hung_up",
+        "hung_up",
+    )
+    assert [e.stage for e in engine.store.stage_events(session)] == ["greeting", "hung_up"]
+    with pytest.raises(SessionEnded):
+        engine.turn(session, "hello?")
+
+
+def test_errors_name_what_is_wrong(db_url):
+    engine = make_engine(db_url)
+    with pytest.raises(SessionNotFound, match="nope"):
+        engine.turn("nope", "hello")
+    with pytest.raises(SessionNotFound):
+        engine.end("nope")
+    with pytest.raises(MissingSlot, match="customer_name"):
+        engine.start("cust-9", {})
+
+
+def test_pure_llm_arm_serves_scripted_stages_with_the_llm(db_url):
+    backend = FakeBackend(default="Hello, this is Sam. Am I speaking with Alex?")
+    engine = make_engine(db_url, backend)
+    opening = engine.start("cust-10", {"customer_name": "Alex"}, arm="pure_llm")
+    assert opening.source == "llm" and opening.script_id == "greeting.open"
+    reply = engine.turn(opening.session_id, "yes")
+    assert reply.stage == "pitch"  # same transitions, same classifier: the same ruler
+    assert engine.store.get(opening.session_id).arm == "pure_llm"
+
+
+def test_a_failed_turn_writes_nothing(db_url):
+    class Exploding(FakeBackend):
+        def generate(self, messages, params, seed=None):
+            raise KeyboardInterrupt  # not a backend error: the turn must roll back whole
+
+    engine = make_engine(db_url, Exploding())
+    session = engine.start("cust-11", {"customer_name": "Alex"}).session_id
+    with pytest.raises(KeyboardInterrupt):
+        engine.turn(session, "yes")
+    assert len(engine.transcript(session)) == 1
+    assert engine.store.get(session).stage == "greeting"
+    assert [e.stage for e in engine.store.stage_events(session)] == ["greeting"]

@@ -1,0 +1,81 @@
+"""A whole call of the broadband flow with the real default models (SmolLM2-135M, MiniLM)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.compliance import ComplianceFilter
+from engine.compliance.embedders import MiniLMEmbedder
+from engine.engine import Engine
+from engine.flow_loader import load_flow
+from engine.llm.transformers_backend import TransformersBackend
+from intents import load_or_train
+from storage import Store
+from tests.conftest import BROADBAND
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def parts():
+    flow = load_flow(BROADBAND)
+    backend = TransformersBackend()
+    backend.load()
+    classifier = load_or_train(
+        {k: list(v) for k, v in flow.intents.items()},
+        language=flow.language,
+        threshold=flow.classifier_threshold,
+        margin=flow.classifier_margin,
+    )
+    return flow, classifier, backend, ComplianceFilter(flow, MiniLMEmbedder())
+
+
+def allowed_in(flow, stage: str) -> set[str]:
+    """Texts strict mode may send in an llm stage: its approved scripts and its fallbacks."""
+    policy = flow.stages[stage].compliance
+    ids = {*policy.candidates, *(s for s, _ in policy.fallback), policy.universal_fallback}
+    return {flow.scripts[i].render({**SLOTS}) for i in ids}
+
+
+SLOTS = {
+    "customer_name": "Alex",
+    "agent_name": "Sam",
+    "company": "Brightline Broadband",
+    "current_plan": "100 Mbps",
+}
+
+
+def test_call_reaches_the_llm_stage_and_only_approved_text_is_sent(parts, db_url):
+    flow, classifier, backend, compliance = parts
+    engine = Engine(flow, classifier, backend, compliance, Store(db_url))
+    replies = [engine.start("integration-1", {"customer_name": "Alex"})]
+    caller = [
+        flow.intents["affirm"][0],
+        flow.intents["provide_identity"][0],
+        flow.intents["describe_usage"][0],  # -> pitch (llm)
+        flow.intents["ask_details"][0],  # stays in pitch: another llm reply
+        flow.intents["price_objection"][0],  # -> objection (llm)
+    ]
+    for text in caller:
+        replies.append(engine.turn(replies[0].session_id, text))
+    assert [r.stage for r in replies] == [
+        "greeting",
+        "identity",
+        "needs",
+        "pitch",
+        "pitch",
+        "objection",
+    ]
+    for reply in replies[3:]:
+        assert reply.source in {"llm", "fallback", "universal"}
+        assert reply.text in allowed_in(flow, reply.stage)
+        assert reply.latencies_ms["generate_ms"] > 0
+    stored = engine.transcript(replies[0].session_id)
+    assert [(t.reply_text, t.stage, t.source, t.script_id) for t in stored] == [
+        (r.text, r.stage, r.source, r.script_id) for r in replies
+    ]
+    audit = engine.store.compliance_decisions(replies[0].session_id)
+    assert len(audit) == 3 and all(a.raw_text for a in audit)
+    assert all(a.embedder == "minilm" and len(a.top_k["ids"]) == 3 for a in audit)
+    # The raw draft was recorded but never sent.
+    assert all(a.raw_text != r.text for a, r in zip(audit, replies[3:], strict=True))

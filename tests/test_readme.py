@@ -1,0 +1,20 @@
+"""The README's commands are the ones CI runs."""
+
+from tests.conftest import ROOT
+
+
+def readme_commands() -> list[str]:
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if line.startswith("python3 -m venv .venv && ")]
+
+
+def test_readme_has_exactly_two_setup_commands():
+    commands = readme_commands()
+    assert len(commands) == 2
+    assert commands[0].endswith("salesbot demo flows/broadband_en")
+    assert "pytest" in commands[1]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert readme_commands()[1] in ci
