@@ -1,23 +1,31 @@
 """The Engine: one code path for every turn, whoever calls it (CLI, HTTP service, simulator).
 
-A turn: lock the session's row, classify the text, decide (pure), realise the reply (script, or
-LLM draft through the compliance filter), and write the turn, stage events and compliance audit
-row together with the updated snapshot in one transaction.
+A turn has three phases:
+
+1. read: the session's snapshot (stage, counters, slots, recent history), no lock held;
+2. compute: classify, decide (pure), realise the reply (a script, or an LLM draft through the
+   compliance filter). This is the slow part, and it holds no database lock, so other sessions'
+   turns (and batched LLM calls across them) proceed in parallel, on SQLite too;
+3. write: one short transaction that locks the conversation row, checks that no other turn of
+   this session was written since the read (optimistic concurrency), and writes the turn, stage
+   events, compliance audit row and the updated snapshot together. On a conflict the turn is
+   computed again from the new state, so turns of one session are serialised.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.compliance import ComplianceFilter, ComplianceResult, create_embedder
-from engine.errors import MissingSlot, SalesbotError, SessionEnded
+from engine.errors import ConcurrentTurns, MissingSlot, SalesbotError, SessionEnded
 from engine.flow import Flow
 from engine.flow_loader import load_flow
 from engine.llm import BackendError, LLMBackend, create_backend
@@ -28,6 +36,11 @@ from engine.text import storable
 from intents import IntentClassifier, IntentPrediction, load_or_train
 from storage import Store
 from storage.models import ComplianceDecision, Conversation, StageEvent, Turn, utcnow
+from storage.repository import Snapshot
+
+MAX_ATTEMPTS = 5  # optimistic-concurrency retries before giving up on a contended session
+HISTORY_TURNS = 8  # earlier turns read for the LLM prompt
+LOCK_STRIPES = 1024
 
 
 class Engine:
@@ -48,6 +61,7 @@ class Engine:
         self.compliance = compliance
         self.store = store
         self.clock = clock
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
 
     @classmethod
     def from_flow_dir(
@@ -86,26 +100,42 @@ class Engine:
         *,
         arm: Arm = "hybrid",
         session_id: str | None = None,
+        experiment: str | None = None,
+        assignment: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
     ) -> Reply:
         """Open a conversation and return the bot's opening line."""
         if arm not in ARMS:
             raise SalesbotError(f"unknown arm {arm!r} (known: {', '.join(ARMS)})")
-        known = {**self.flow.slot_defaults, **{k: v for k, v in (slots or {}).items()}}
+        known = {**self.flow.slot_defaults, **dict(slots or {})}
         missing = [k for k, v in known.items() if v is None and k in self.flow.slot_defaults]
         if missing:
             raise MissingSlot(missing)
         resolved = {k: storable(str(v)) for k, v in known.items() if v is not None}
         started = self.clock()
-        session_id = session_id or uuid.uuid4().hex
+        snapshot = Snapshot(
+            id=session_id or uuid.uuid4().hex,
+            arm=arm,
+            stage=self.flow.start,
+            stage_turns=0,
+            turn_count=0,
+            status="active",
+            outcome=None,
+            slots=resolved,
+            history=(),
+        )
         decision = entry(self.flow, self.flow.start, None, arm, "start")
+        planned = self._plan(snapshot, decision, None, None, started, {})
         with self.store.transaction() as db:
             conversation = Conversation(
-                id=session_id,
+                id=snapshot.id,
                 flow_name=self.flow.name,
                 flow_version=self.flow.version,
                 customer_id=storable(str(customer_id)),
                 arm=arm,
-                assignment={},
+                experiment=experiment,
+                assignment=dict(assignment or {}),
+                run_id=run_id,
                 slots=resolved,
                 stage=self.flow.start,
                 stage_turns=0,
@@ -114,25 +144,44 @@ class Engine:
             )
             db.add(conversation)
             db.flush()
-            return self._apply(db, conversation, decision, None, None, started, {})
+            self._write(db, conversation, planned)
+        return planned.reply
 
-    def turn(self, session_id: str, text: str) -> Reply:
-        """Handle one thing the caller said and return the bot's reply."""
-        started = self.clock()
-        with self.store.locked(session_id) as (db, conversation):
-            if conversation.status != "active":
-                raise SessionEnded(session_id, conversation.outcome)
-            prediction = self.classifier.predict_one(text)
-            classified = self.clock()
-            decision = decide(
-                self.flow,
-                conversation.stage,
-                conversation.stage_turns,
-                prediction.intent,
-                conversation.arm,  # type: ignore[arg-type]
-            )
-            latencies = {"classify_ms": (classified - started) * 1000}
-            return self._apply(db, conversation, decision, text, prediction, started, latencies)
+    def turn(self, session_id: str, text: str, *, idempotency_key: str | None = None) -> Reply:
+        """Handle one thing the caller said and return the bot's reply.
+
+        With an ``idempotency_key``, a retried request returns the reply stored the first time
+        and writes nothing new.
+        """
+        for _ in range(MAX_ATTEMPTS):
+            with self._session_lock(session_id):
+                if idempotency_key is not None:
+                    stored = self.store.reply_for_key(session_id, idempotency_key)
+                    if stored is not None:
+                        return stored
+                snapshot = self.store.snapshot(session_id, history=HISTORY_TURNS)
+                if snapshot.status != "active":
+                    raise SessionEnded(session_id, snapshot.outcome)
+                started = self.clock()
+                prediction = self.classifier.predict_one(text)
+                latencies = {"classify_ms": (self.clock() - started) * 1000}
+                decision = decide(
+                    self.flow,
+                    snapshot.stage,
+                    snapshot.stage_turns,
+                    prediction.intent,
+                    snapshot.arm,  # type: ignore[arg-type]
+                )
+                planned = self._plan(snapshot, decision, text, prediction, started, latencies)
+                planned.turn.idempotency_key = idempotency_key
+                with self.store.locked(session_id) as (db, conversation):
+                    if conversation.turn_count != snapshot.turn_count:
+                        continue  # another process wrote a turn meanwhile: compute again
+                    if conversation.status != "active":
+                        raise SessionEnded(session_id, conversation.outcome)
+                    self._write(db, conversation, planned)
+                return planned.reply
+        raise ConcurrentTurns(session_id)
 
     def end(self, session_id: str, reason: str = "hangup") -> None:
         """End a conversation (the caller hung up, the agent transferred, ...). Idempotent."""
@@ -160,101 +209,110 @@ class Engine:
 
     # -- one turn's work ----------------------------------------------------------------------
 
-    def _apply(
+    def _session_lock(self, session_id: str) -> threading.Lock:
+        """In-process serialisation per session (striped), so one process never computes the
+        same session's turn twice at once; other sessions rarely share a stripe."""
+        return self._locks[hash(session_id) % LOCK_STRIPES]
+
+    def _plan(
         self,
-        db: Session,
-        conversation: Conversation,
+        snapshot: Snapshot,
         decision: Decision,
         text: str | None,
         prediction: IntentPrediction | None,
         started: float,
         latencies: dict[str, float],
-    ) -> Reply:
-        turn_index = conversation.turn_count if text is None else conversation.turn_count + 1
-        stage_before = None if text is None else conversation.stage
-        slots = dict(conversation.slots)
+    ) -> PlannedTurn:
+        """Everything a turn will write, computed without touching the database."""
+        turn_index = snapshot.turn_count if text is None else snapshot.turn_count + 1
         result: ComplianceResult | None = None
+        raw: str | None = None
         error: str | None = None
         if decision.reply.kind == "script":
             script_id = decision.reply.script_id
             assert script_id is not None
-            reply_text, source = self.flow.render(script_id, slots), "script"
-            raw = None
+            reply_text, source = self.flow.render(script_id, dict(snapshot.slots)), "script"
         else:
-            raw, result, error = self._llm_reply(db, conversation, decision.reply, text, latencies)
+            raw, result, error = self._llm_reply(snapshot, decision.reply, text, latencies)
             reply_text, script_id, source = result.text, result.script_id, result.source
         latencies["total_ms"] = (self.clock() - started) * 1000
-
-        db.add(
-            Turn(
-                conversation_id=conversation.id,
-                turn_index=turn_index,
-                user_text=storable(text) if text is not None else None,
-                reply_text=reply_text,
-                script_id=script_id,
-                stage_before=stage_before,
-                stage=decision.stage,
-                source=source,
-                intent=prediction.intent if prediction else None,
-                confidence=prediction.confidence if prediction else None,
-                margin=prediction.margin if prediction else None,
-                variant=result.variant if result else None,
-                latencies=latencies,
-            )
+        intent = prediction.intent if prediction else None
+        confidence = prediction.confidence if prediction else None
+        margin = prediction.margin if prediction else None
+        turn = Turn(
+            conversation_id=snapshot.id,
+            turn_index=turn_index,
+            user_text=storable(text) if text is not None else None,
+            reply_text=reply_text,
+            script_id=script_id,
+            stage_before=None if text is None else snapshot.stage,
+            stage=decision.stage,
+            source=source,
+            intent=intent,
+            confidence=confidence,
+            margin=margin,
+            variant=result.variant if result else None,
+            latencies=latencies,
         )
-        for stage in decision.entered:
-            db.add(StageEvent(conversation_id=conversation.id, turn_index=turn_index, stage=stage))
+        events = [
+            StageEvent(conversation_id=snapshot.id, turn_index=turn_index, stage=stage)
+            for stage in decision.entered
+        ]
+        audit = None
         if result is not None:
-            db.add(
-                ComplianceDecision(
-                    conversation_id=conversation.id,
-                    turn_index=turn_index,
-                    stage=decision.reply.stage,
-                    raw_text=storable(raw) if raw is not None else None,
-                    decision=result.decision,
-                    script_id=result.script_id,
-                    variant=result.variant,
-                    score=result.score,
-                    threshold=result.threshold,
-                    top_k={
-                        "ids": [i for i, _ in result.top_k],
-                        "scores": [s for _, s in result.top_k],
-                    },
-                    embedder=self.compliance.embedder_name,
-                    library_hash=self.flow.library_hash,
-                    error=error,
-                    latencies={"embed_ms": result.embed_ms, "match_ms": result.match_ms},
-                )
+            audit = ComplianceDecision(
+                conversation_id=snapshot.id,
+                turn_index=turn_index,
+                stage=decision.reply.stage,
+                raw_text=storable(raw) if raw is not None else None,
+                decision=result.decision,
+                script_id=result.script_id,
+                variant=result.variant,
+                score=result.score,
+                threshold=result.threshold,
+                top_k={"ids": [i for i, _ in result.top_k], "scores": [s for _, s in result.top_k]},
+                embedder=self.compliance.embedder_name,
+                library_hash=self.flow.library_hash,
+                error=error,
+                latencies={"embed_ms": result.embed_ms, "match_ms": result.match_ms},
             )
+        reply = Reply(
+            session_id=snapshot.id,
+            turn_index=turn_index,
+            text=reply_text,
+            script_id=script_id,
+            stage=decision.stage,
+            source=source,
+            intent=intent,
+            confidence=confidence,
+            margin=margin,
+            variant=result.variant if result else None,
+            ended=decision.outcome is not None,
+            outcome=decision.outcome,
+            latencies_ms=latencies,
+        )
+        return PlannedTurn(reply, turn, events, audit, decision)
+
+    @staticmethod
+    def _write(db: Session, conversation: Conversation, planned: PlannedTurn) -> None:
+        db.add(planned.turn)
+        db.add_all(planned.events)
+        if planned.audit is not None:
+            db.add(planned.audit)
+        decision = planned.decision
         conversation.stage = decision.stage
         conversation.stage_turns = decision.stage_turns
-        conversation.turn_count = turn_index
+        conversation.turn_count = planned.turn.turn_index
         conversation.updated_at = utcnow()
         if decision.outcome is not None:
             conversation.status = "ended"
             conversation.outcome = decision.outcome
             conversation.end_reason = decision.reason
             conversation.ended_at = conversation.updated_at
-        return Reply(
-            session_id=conversation.id,
-            turn_index=turn_index,
-            text=reply_text,
-            script_id=script_id,
-            stage=decision.stage,
-            source=source,
-            intent=prediction.intent if prediction else None,
-            confidence=prediction.confidence if prediction else None,
-            margin=prediction.margin if prediction else None,
-            variant=result.variant if result else None,
-            ended=decision.outcome is not None,
-            outcome=decision.outcome,
-            latencies_ms=latencies,
-        )
 
     def _llm_reply(
         self,
-        db: Session,
-        conversation: Conversation,
+        snapshot: Snapshot,
         plan: ReplyPlan,
         text: str | None,
         latencies: dict[str, float],
@@ -262,29 +320,27 @@ class Engine:
         stage = self.flow.stages[plan.stage]
         policy = stage.compliance
         assert policy is not None and stage.generation is not None
-        history = [
-            (t.user_text, t.reply_text)
-            for t in db.scalars(
-                select(Turn)
-                .where(Turn.conversation_id == conversation.id)
-                .order_by(Turn.turn_index.desc())
-                .limit(8)
-            )
-        ][::-1]
-        messages = build_messages(self.flow, stage, history, conversation.slots, text)
+        slots = dict(snapshot.slots)
+        messages = build_messages(self.flow, stage, snapshot.history, slots, text)
         before = self.clock()
         try:
             generation = self.backend.generate(messages, stage.generation)
         except BackendError as exc:
             latencies["generate_ms"] = (self.clock() - before) * 1000
-            result = self.compliance.fallback(
-                plan.stage, policy, conversation.id, conversation.slots
-            )
-            return None, result, str(exc)
+            return None, self.compliance.fallback(plan.stage, policy, snapshot.id, slots), str(exc)
         latencies["generate_ms"] = (self.clock() - before) * 1000
         before = self.clock()
-        result = self.compliance.check(
-            generation.text, plan.stage, policy, conversation.id, conversation.slots
-        )
+        result = self.compliance.check(generation.text, plan.stage, policy, snapshot.id, slots)
         latencies["compliance_ms"] = (self.clock() - before) * 1000
         return generation.text, result, None
+
+
+@dataclass
+class PlannedTurn:
+    """The rows one turn will write and the reply it will return."""
+
+    reply: Reply
+    turn: Turn
+    events: list[StageEvent]
+    audit: ComplianceDecision | None
+    decision: Decision

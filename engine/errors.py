@@ -49,3 +49,10 @@ class SessionEnded(SalesbotError):
 class MissingSlot(SalesbotError):
     def __init__(self, names: list[str]):
         super().__init__(f"start() needs a value for slot(s): {', '.join(sorted(names))}")
+
+
+class ConcurrentTurns(SalesbotError):
+    def __init__(self, session_id: str):
+        super().__init__(
+            f"session {session_id!r} kept changing while a turn was computed; retry the turn"
+        )

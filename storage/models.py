@@ -47,6 +47,8 @@ class Conversation(Base):
     flow_version: Mapped[str] = mapped_column(String(100))
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
     arm: Mapped[str] = mapped_column(String(40))
+    experiment: Mapped[str | None] = mapped_column(String(100), index=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("simulation_runs.id"), index=True)
     assignment: Mapped[dict[str, Any]] = mapped_column(default=dict)
     slots: Mapped[dict[str, Any]] = mapped_column(default=dict)
     stage: Mapped[str] = mapped_column(String(100))
@@ -60,9 +62,28 @@ class Conversation(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class SimulationRun(Base):
+    """One offline simulation: its parameters, so a run can be resumed and reported."""
+
+    __tablename__ = "simulation_runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    flow_name: Mapped[str] = mapped_column(String(100))
+    flow_version: Mapped[str] = mapped_column(String(100))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Turn(Base):
     __tablename__ = "turns"
-    __table_args__ = (UniqueConstraint("conversation_id", "turn_index"),)
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "turn_index"),
+        UniqueConstraint(
+            "conversation_id", "idempotency_key", name="uq_turns_conversation_idempotency_key"
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
@@ -78,6 +99,7 @@ class Turn(Base):
     margin: Mapped[float | None] = mapped_column(Float)
     variant: Mapped[str | None] = mapped_column(String(120))
     latencies: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -108,6 +130,7 @@ class ComplianceDecision(Base):
     top_k: Mapped[dict[str, Any]] = mapped_column(default=dict)
     embedder: Mapped[str] = mapped_column(String(80))
     library_hash: Mapped[str] = mapped_column(String(100))
+    rule_hits: Mapped[list[Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     latencies: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine as SAEngine
@@ -16,10 +18,26 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from engine.errors import SessionNotFound
+from engine.reply import Reply
 from storage import migrate
 from storage.models import ComplianceDecision, Conversation, StageEvent, Turn
 
 DEFAULT_URL = "sqlite:///salesbot.db"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a turn needs to know about its session, read without holding a lock."""
+
+    id: str
+    arm: str
+    stage: str
+    stage_turns: int
+    turn_count: int
+    status: str
+    outcome: str | None
+    slots: dict[str, Any]
+    history: tuple[tuple[str | None, str], ...]  # (customer text, bot reply), oldest first
 
 
 def make_engine(url: str) -> SAEngine:
@@ -91,6 +109,59 @@ class Store:
             if conversation is None:
                 raise SessionNotFound(conversation_id)
             return conversation
+
+    def snapshot(self, conversation_id: str, history: int = 8) -> Snapshot:
+        with self._sessions() as db:
+            c = db.get(Conversation, conversation_id)
+            if c is None:
+                raise SessionNotFound(conversation_id)
+            recent = db.execute(
+                select(Turn.user_text, Turn.reply_text)
+                .where(Turn.conversation_id == conversation_id)
+                .order_by(Turn.turn_index.desc())
+                .limit(history)
+            ).all()
+            return Snapshot(
+                id=c.id,
+                arm=c.arm,
+                stage=c.stage,
+                stage_turns=c.stage_turns,
+                turn_count=c.turn_count,
+                status=c.status,
+                outcome=c.outcome,
+                slots=dict(c.slots),
+                history=tuple((u, r) for u, r in reversed(recent)),
+            )
+
+    def reply_for_key(self, conversation_id: str, idempotency_key: str) -> Reply | None:
+        """The reply already stored for this idempotency key, if the turn was written."""
+        with self._sessions() as db:
+            row = db.scalars(
+                select(Turn).where(
+                    Turn.conversation_id == conversation_id,
+                    Turn.idempotency_key == idempotency_key,
+                )
+            ).one_or_none()
+            if row is None:
+                return None
+            c = db.get(Conversation, conversation_id)
+            assert c is not None
+            ended = c.status != "active" and c.turn_count == row.turn_index
+            return Reply(
+                session_id=conversation_id,
+                turn_index=row.turn_index,
+                text=row.reply_text,
+                script_id=row.script_id,
+                stage=row.stage,
+                source=row.source,
+                intent=row.intent,
+                confidence=row.confidence,
+                margin=row.margin,
+                variant=row.variant,
+                ended=ended,
+                outcome=c.outcome if ended else None,
+                latencies_ms=dict(row.latencies),
+            )
 
     def turns(self, conversation_id: str) -> list[Turn]:
         with self._sessions() as db:

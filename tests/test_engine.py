@@ -203,3 +203,16 @@ def test_a_failed_turn_writes_nothing(db_url):
     assert len(engine.transcript(session)) == 1
     assert engine.store.get(session).stage == "greeting"
     assert [e.stage for e in engine.store.stage_events(session)] == ["greeting"]
+
+
+def test_idempotency_key_returns_the_stored_reply_and_writes_nothing(db_url):
+    engine = make_engine(db_url, FakeBackend(default="faster plan for eight pounds"))
+    session = engine.start("cust-12", {"customer_name": "Alex"}).session_id
+    first = engine.turn(session, "yes", idempotency_key="req-1")
+    retry = engine.turn(session, "yes", idempotency_key="req-1")
+    assert retry.text == first.text and retry.turn_index == first.turn_index == 1
+    assert retry.stage == first.stage and retry.source == first.source
+    assert len(engine.transcript(session)) == 2
+    assert len(engine.backend.history) == 1  # the retry did not generate again
+    other = engine.turn(session, "", idempotency_key="req-2")
+    assert other.turn_index == 2

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 
 from storage import Store
+from storage.migrate import alembic_config
 from storage.models import Base, Conversation, Turn
 from tests.fakes import FakeBackend
 from tests.test_engine import make_engine
@@ -21,8 +25,20 @@ def test_migrations_build_the_schema_the_models_describe(db_url):
     with store.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
     Store(db_url)  # opening again is a no-op upgrade
+
+
+def test_every_migration_downgrades_and_upgrades_again(db_url):
+    store = Store(db_url)
+    config = alembic_config(store.url)
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "base")
+    assert "turns" not in inspect(store.engine).get_table_names()
+    store.engine.dispose()
+    assert "turns" in inspect(Store(db_url).engine).get_table_names()
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path):
@@ -31,19 +47,31 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
-def test_concurrent_turns_of_one_session_are_serialised(db_url):
-    engine = make_engine(db_url, FakeBackend(default="faster plan for eight pounds"))
+class SlowBackend(FakeBackend):
+    """Holds each generation long enough for two workers' turns to overlap."""
+
+    def generate(self, messages, params, seed=None):
+        import time
+
+        time.sleep(0.3)
+        return super().generate(messages, params, seed)
+
+
+@pytest.mark.parametrize("workers", ["one engine", "two engines"])
+def test_concurrent_turns_of_one_session_are_serialised(db_url, workers):
+    engine = make_engine(db_url, SlowBackend(default="faster plan for eight pounds"))
+    other = engine if workers == "one engine" else make_engine(db_url, SlowBackend(default="x"))
     session = engine.start("cust-c", {"customer_name": "Alex"}).session_id
     engine.turn(session, "yes")  # into the llm stage, where turns keep the session open
     errors: list[BaseException] = []
 
-    def talk() -> None:
+    def talk(worker) -> None:
         try:
-            engine.turn(session, "")  # out of scope: stays in the llm stage
+            worker.turn(session, "")  # out of scope: stays in the llm stage
         except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(exc)
 
-    threads = [threading.Thread(target=talk) for _ in range(2)]
+    threads = [threading.Thread(target=talk, args=(w,)) for w in (engine, other)]
     for thread in threads:
         thread.start()
     for thread in threads:
