@@ -10,32 +10,20 @@ import os
 import sys
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from engine.errors import FlowValidationError, SalesbotError
+from engine.cli_common import (
+    DB_HELP,
+    ConfigError,
+    _load_flow_or_exit,
+    _parse_slots,
+    console,
+)
+from engine.errors import SalesbotError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-console = Console()
-err_console = Console(stderr=True)
-DB_HELP = "SQLAlchemy URL of the conversation store."
-
-
-class ConfigError(click.ClickException):
-    """A configuration problem: printed without a traceback, exit code 2."""
-
-    exit_code = 2
-
-
-def _load_flow_or_exit(flow_dir: str):
-    from engine.flow_loader import load_flow
-
-    try:
-        return load_flow(flow_dir)
-    except FlowValidationError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 @click.group()
@@ -175,15 +163,20 @@ def _print_transcript(engine, session_id: str) -> None:
     console.print(f"outcome: [bold]{conversation.outcome}[/bold]  database: {engine.store.url}")
 
 
-def _parse_slots(pairs: tuple[str, ...]) -> dict[str, str]:
-    values = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise click.UsageError(f"--slot expects NAME=VALUE, got {pair!r}")
-        values[name] = value
-    return values
+def _register_subcommands() -> None:
+    """Command groups live in their own modules (shared helpers are in ``engine.cli_common``)."""
+    from engine.cli_capacity import capacity
+    from engine.cli_compliance import compliance
+    from engine.cli_intents import intents
+    from engine.cli_report import report
+    from engine.cli_serve import serve
+    from engine.cli_simulate import simulate
 
+    for command in (capacity, compliance, intents, report, serve, simulate):
+        main.add_command(command)
+
+
+_register_subcommands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -14,6 +14,7 @@ A turn has three phases:
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -25,22 +26,26 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from engine.compliance import ComplianceFilter, ComplianceResult, create_embedder
-from engine.errors import ConcurrentTurns, MissingSlot, SalesbotError, SessionEnded
+from engine.compliance.early_stop import streamed_reply
+from engine.errors import ConcurrentTurns, MissingSlot, SessionEnded
+from engine.experiments import Assignment, Experiment, apply_overrides, resolve_arm
+from engine.experiments import load_experiments as _load_experiments
 from engine.flow import Flow
 from engine.flow_loader import load_flow
 from engine.llm import BackendError, LLMBackend, create_backend
 from engine.llm.prompt import build_messages
-from engine.policy import ARMS, Arm, Decision, ReplyPlan, decide, entry
+from engine.policy import Arm, Decision, ReplyPlan, decide, entry
 from engine.reply import Reply
 from engine.text import storable
 from intents import IntentClassifier, IntentPrediction, load_or_train
 from storage import Store
 from storage.models import ComplianceDecision, Conversation, StageEvent, Turn, utcnow
-from storage.repository import Snapshot
+from storage.repository import Snapshot, reply_from_turn
 
 MAX_ATTEMPTS = 5  # optimistic-concurrency retries before giving up on a contended session
 HISTORY_TURNS = 8  # earlier turns read for the LLM prompt
 LOCK_STRIPES = 1024
+ARM_CACHE_SIZE = 10_000  # sessions whose (mode, arm flow) is remembered; assignments never change
 
 
 class Engine:
@@ -54,8 +59,12 @@ class Engine:
         compliance: ComplianceFilter,
         store: Store,
         clock: Callable[[], float] = time.perf_counter,
+        experiments: Mapping[str, Experiment] | None = None,
     ):
         self.flow = flow
+        self.experiments = dict(experiments or {})
+        self._arm_flows: dict[str, Flow] = {}
+        self._session_arms: dict[str, tuple[str, Flow]] = {}
         self.classifier = classifier
         self.backend = backend
         self.compliance = compliance
@@ -81,6 +90,9 @@ class Engine:
             language=flow.language,
             threshold=flow.classifier_threshold,
             margin=flow.classifier_margin,
+            model=flow.classifier_model,
+            calibrate=flow.classifier_calibrate,
+            max_accuracy_drop=flow.classifier_max_accuracy_drop,
         )
         embedder = create_embedder(embedder_name or flow.embedder)
         return cls(
@@ -89,6 +101,7 @@ class Engine:
             backend=backend or create_backend(backend_name, **dict(backend_options or {})),
             compliance=ComplianceFilter(flow, embedder),
             store=Store(db_url),
+            experiments=_load_experiments(flow_dir, flow),
         )
 
     # -- public API -------------------------------------------------------------------------
@@ -98,15 +111,30 @@ class Engine:
         customer_id: str,
         slots: Mapping[str, Any] | None = None,
         *,
-        arm: Arm = "hybrid",
+        arm: str | None = None,
         session_id: str | None = None,
         experiment: str | None = None,
-        assignment: Mapping[str, Any] | None = None,
+        assignment: Assignment | Mapping[str, Any] | None = None,
         run_id: str | None = None,
     ) -> Reply:
-        """Open a conversation and return the bot's opening line."""
-        if arm not in ARMS:
-            raise SalesbotError(f"unknown arm {arm!r} (known: {', '.join(ARMS)})")
+        """Open a conversation and return the bot's opening line.
+
+        ``arm`` alone is a mode (``hybrid``, the default, or ``pure_llm``). With an
+        ``experiment`` loaded from experiments.yaml the arm is assigned by hash of the unit
+        (``arm`` then forces one), or taken from a precomputed ``assignment``; the record is
+        stored once, on the conversation.
+        """
+        session_id = session_id or uuid.uuid4().hex
+        arm_name, mode, record = resolve_arm(
+            self.experiments,
+            customer_id=str(customer_id),
+            session_id=session_id,
+            arm=arm,
+            experiment=experiment,
+            assignment=assignment,
+        )
+        experiment = experiment or record.get("experiment")
+        arm_flow = self._arm_flow(record)
         known = {**self.flow.slot_defaults, **dict(slots or {})}
         missing = [k for k, v in known.items() if v is None and k in self.flow.slot_defaults]
         if missing:
@@ -114,8 +142,8 @@ class Engine:
         resolved = {k: storable(str(v)) for k, v in known.items() if v is not None}
         started = self.clock()
         snapshot = Snapshot(
-            id=session_id or uuid.uuid4().hex,
-            arm=arm,
+            id=session_id,
+            arm=arm_name,
             stage=self.flow.start,
             stage_turns=0,
             turn_count=0,
@@ -124,17 +152,17 @@ class Engine:
             slots=resolved,
             history=(),
         )
-        decision = entry(self.flow, self.flow.start, None, arm, "start")
-        planned = self._plan(snapshot, decision, None, None, started, {})
+        decision = entry(self.flow, self.flow.start, None, mode, "start")  # type: ignore[arg-type]
+        planned = self._plan(snapshot, decision, None, None, started, {}, arm_flow)
         with self.store.transaction() as db:
             conversation = Conversation(
                 id=snapshot.id,
                 flow_name=self.flow.name,
                 flow_version=self.flow.version,
                 customer_id=storable(str(customer_id)),
-                arm=arm,
+                arm=arm_name,
                 experiment=experiment,
-                assignment=dict(assignment or {}),
+                assignment=record,
                 run_id=run_id,
                 slots=resolved,
                 stage=self.flow.start,
@@ -145,6 +173,7 @@ class Engine:
             db.add(conversation)
             db.flush()
             self._write(db, conversation, planned)
+        self._remember_arm(snapshot.id, (mode, arm_flow))
         return planned.reply
 
     def turn(self, session_id: str, text: str, *, idempotency_key: str | None = None) -> Reply:
@@ -165,14 +194,13 @@ class Engine:
                 started = self.clock()
                 prediction = self.classifier.predict_one(text)
                 latencies = {"classify_ms": (self.clock() - started) * 1000}
+                mode, arm_flow = self._session_arm(snapshot)
                 decision = decide(
-                    self.flow,
-                    snapshot.stage,
-                    snapshot.stage_turns,
-                    prediction.intent,
-                    snapshot.arm,  # type: ignore[arg-type]
+                    self.flow, snapshot.stage, snapshot.stage_turns, prediction.intent, mode
                 )
-                planned = self._plan(snapshot, decision, text, prediction, started, latencies)
+                planned = self._plan(
+                    snapshot, decision, text, prediction, started, latencies, arm_flow
+                )
                 planned.turn.idempotency_key = idempotency_key
                 with self.store.locked(session_id) as (db, conversation):
                     if conversation.turn_count != snapshot.turn_count:
@@ -185,6 +213,9 @@ class Engine:
 
     def end(self, session_id: str, reason: str = "hangup") -> None:
         """End a conversation (the caller hung up, the agent transferred, ...). Idempotent."""
+        release = getattr(self.backend, "release", None)
+        if release is not None:
+            release(session_id)  # free the session's cached prompt (KV cache) in the backend
         with self.store.locked(session_id) as (db, conversation):
             if conversation.status != "active":
                 return
@@ -214,6 +245,31 @@ class Engine:
         same session's turn twice at once; other sessions rarely share a stripe."""
         return self._locks[hash(session_id) % LOCK_STRIPES]
 
+    def _arm_flow(self, record: Mapping[str, Any]) -> Flow:
+        """The flow an arm runs: the base flow with the assignment's overrides applied."""
+        overrides = record.get("overrides") or {}
+        if not overrides:
+            return self.flow
+        key = json.dumps(overrides, sort_keys=True)
+        flow = self._arm_flows.get(key)
+        if flow is None:
+            flow = self._arm_flows[key] = apply_overrides(self.flow, overrides)
+        return flow
+
+    def _session_arm(self, snapshot: Snapshot) -> tuple[Arm, Flow]:
+        """(mode, arm flow) of a session: from its stored assignment, remembered per process."""
+        known = self._session_arms.get(snapshot.id)
+        if known is None:
+            record = self.store.get(snapshot.id).assignment or {}
+            known = (record.get("mode") or snapshot.arm, self._arm_flow(record))
+            self._remember_arm(snapshot.id, known)
+        return known  # type: ignore[return-value]
+
+    def _remember_arm(self, session_id: str, arm: tuple[str, Flow]) -> None:
+        if len(self._session_arms) >= ARM_CACHE_SIZE:
+            self._session_arms.clear()
+        self._session_arms[session_id] = arm
+
     def _plan(
         self,
         snapshot: Snapshot,
@@ -222,6 +278,7 @@ class Engine:
         prediction: IntentPrediction | None,
         started: float,
         latencies: dict[str, float],
+        arm_flow: Flow | None = None,
     ) -> PlannedTurn:
         """Everything a turn will write, computed without touching the database."""
         turn_index = snapshot.turn_count if text is None else snapshot.turn_count + 1
@@ -233,7 +290,9 @@ class Engine:
             assert script_id is not None
             reply_text, source = self.flow.render(script_id, dict(snapshot.slots)), "script"
         else:
-            raw, result, error = self._llm_reply(snapshot, decision.reply, text, latencies)
+            raw, result, error = self._llm_reply(
+                snapshot, decision.reply, text, latencies, arm_flow or self.flow
+            )
             reply_text, script_id, source = result.text, result.script_id, result.source
         latencies["total_ms"] = (self.clock() - started) * 1000
         intent = prediction.intent if prediction else None
@@ -270,27 +329,14 @@ class Engine:
                 variant=result.variant,
                 score=result.score,
                 threshold=result.threshold,
-                top_k={"ids": [i for i, _ in result.top_k], "scores": [s for _, s in result.top_k]},
+                top_k=result.audit_top_k(),
+                rule_hits=[hit.as_dict() for hit in result.rule_hits],
                 embedder=self.compliance.embedder_name,
                 library_hash=self.flow.library_hash,
                 error=error,
                 latencies={"embed_ms": result.embed_ms, "match_ms": result.match_ms},
             )
-        reply = Reply(
-            session_id=snapshot.id,
-            turn_index=turn_index,
-            text=reply_text,
-            script_id=script_id,
-            stage=decision.stage,
-            source=source,
-            intent=intent,
-            confidence=confidence,
-            margin=margin,
-            variant=result.variant if result else None,
-            ended=decision.outcome is not None,
-            outcome=decision.outcome,
-            latencies_ms=latencies,
-        )
+        reply = reply_from_turn(turn, outcome=decision.outcome)
         return PlannedTurn(reply, turn, events, audit, decision)
 
     @staticmethod
@@ -316,15 +362,25 @@ class Engine:
         plan: ReplyPlan,
         text: str | None,
         latencies: dict[str, float],
+        arm_flow: Flow | None = None,
     ) -> tuple[str | None, ComplianceResult, str | None]:
-        stage = self.flow.stages[plan.stage]
+        stage = (arm_flow or self.flow).stages[plan.stage]  # an arm may override its parameters
         policy = stage.compliance
         assert policy is not None and stage.generation is not None
         slots = dict(snapshot.slots)
         messages = build_messages(self.flow, stage, snapshot.history, slots, text)
+        early_stop = (arm_flow or self.flow).early_stop
+        if early_stop and policy.mode == "strict" and hasattr(self.backend, "stream"):
+            return streamed_reply(
+                self.backend, self.compliance, messages, stage.generation, plan.stage, policy,
+                snapshot.id, slots, latencies, stable_checks=early_stop, clock=self.clock,
+            )  # fmt: skip
         before = self.clock()
         try:
-            generation = self.backend.generate(messages, stage.generation)
+            # The backend enforces stage.generation.deadline_s and raises BackendError past it.
+            generation = self.backend.generate(
+                messages, stage.generation, session_key=snapshot.id
+            )
         except BackendError as exc:
             latencies["generate_ms"] = (self.clock() - before) * 1000
             return None, self.compliance.fallback(plan.stage, policy, snapshot.id, slots), str(exc)

@@ -37,6 +37,9 @@ class CompliancePolicy:
     fallback: tuple[tuple[str, float], ...]  # (script id, weight), weights sum to 1
     universal_fallback: str
     candidates: tuple[str, ...]  # approved script ids the LLM's draft is matched against
+    margin: float = 0.0  # minimum gap between the best script and the best one with another act
+    forbidden_phrases: tuple[str, ...] = ()  # hard rules, flow-level plus stage-level
+    forbidden_patterns: tuple[str, ...] = ()  # regex sources, checked to compile at load time
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class Script:
     stages: tuple[str, ...]
     act: str
     text: str
+    wordings: tuple[str, ...] = ()  # extra approved wordings: matched against, never sent
 
     @property
     def slots(self) -> frozenset[str]:
@@ -82,8 +86,8 @@ class Flow:
     start: str
     on_hangup: str | None
     slot_defaults: MappingProxyType[str, str | None]
-    classifier_threshold: float
-    classifier_margin: float
+    classifier_threshold: float | Literal["auto"]
+    classifier_margin: float | Literal["auto"]
     embedder: str
     persona: str
     default_generation: GenerationParams
@@ -92,6 +96,10 @@ class Flow:
     scripts: MappingProxyType[str, Script]
     intents: MappingProxyType[str, tuple[str, ...]]
     library_hash: str = field(default="")
+    early_stop: int = 2  # stable checks before a streamed draft is cut short; 0 = off
+    classifier_model: str = "tfidf"  # "tfidf" | "tfidf+minilm"
+    classifier_calibrate: bool = True  # temperature scaling on held-out predictions
+    classifier_max_accuracy_drop: float = 0.01  # "auto" rules may cost this much accuracy
 
     def transition_for(self, stage: Stage, intent: str) -> Transition | None:
         """The stage's own transition for ``intent``, else the flow's global one."""

@@ -106,14 +106,15 @@ def _check_references(
         for j, stage in enumerate(script.stages):
             if stage != "*" and stage not in stage_names:
                 problems.add(s, ("scripts", i, "stages", j), f"unknown stage {stage!r}")
-        problem = template_problem(script.text)
-        if problem:
-            problems.add(s, ("scripts", i, "text"), problem)
-            continue
-        for slot in sorted(placeholders(script.text) - set(flow.slots)):
-            problems.add(
-                s, ("scripts", i, "text"), f"placeholder {{{slot}}} is not a slot in flow.yaml"
-            )
+        texts = [(("scripts", i, "text"), script.text)]
+        texts += [(("scripts", i, "wordings", j), w) for j, w in enumerate(script.wordings)]
+        for text_loc, text in texts:
+            problem = template_problem(text)
+            if problem:
+                problems.add(s, text_loc, problem)
+                continue
+            for slot in sorted(placeholders(text) - set(flow.slots)):
+                problems.add(s, text_loc, f"placeholder {{{slot}}} is not a slot in flow.yaml")
 
     def need_stage(name: str | None, loc: Loc) -> None:
         if name is not None and name not in stage_names:
@@ -252,6 +253,70 @@ def _check_candidates(flow: schema.FlowFile, scripts: schema.ScriptsFile, proble
             )
 
 
+def _forbidden_blocks(flow: schema.FlowFile) -> list[tuple[Loc, schema.Forbidden]]:
+    blocks: list[tuple[Loc, schema.Forbidden]] = [(("compliance",), flow.compliance.forbidden)]
+    for name, stage in flow.stages.items():
+        if stage.compliance and stage.compliance.forbidden:
+            blocks.append((("stages", name, "compliance"), stage.compliance.forbidden))
+    return blocks
+
+
+def _check_compliance_rules(flow: schema.FlowFile, problems: _Problems) -> None:
+    """The embedder must be registered and every forbidden pattern must compile."""
+    from engine.compliance.embedders import available_embedders
+    from engine.compliance.rules import pattern_problem
+
+    if flow.compliance.embedder not in available_embedders():
+        known = ", ".join(available_embedders())
+        problems.add(
+            "flow.yaml",
+            ("compliance", "embedder"),
+            f"unknown embedder {flow.compliance.embedder!r} (known: {known})",
+        )
+    for loc, block in _forbidden_blocks(flow):
+        for i, pattern in enumerate(block.patterns):
+            problem = pattern_problem(pattern)
+            if problem:
+                problems.add("flow.yaml", (*loc, "forbidden", "patterns", i), problem)
+
+
+def _check_rules_spare_scripts(
+    flow: schema.FlowFile, scripts: schema.ScriptsFile, problems: _Problems
+) -> None:
+    """A forbidden rule that matches an approved wording of a stage it applies to contradicts
+    the library: in pass mode a faithful paraphrase would always fall back."""
+    from engine.compliance.rules import forbidden_hits, pattern_problem
+
+    llm_capable = [name for name, st in flow.stages.items() if st.kind != "end"]
+    for loc, block in _forbidden_blocks(flow):
+        names = llm_capable if loc == ("compliance",) else [loc[1]]
+        rules = [("phrases", i, v) for i, v in enumerate(block.phrases)]
+        rules += [("patterns", i, v) for i, v in enumerate(block.patterns)]
+        for kind, i, value in rules:
+            if kind == "patterns" and pattern_problem(value):
+                continue  # already reported as an invalid pattern
+            phrases, patterns = ([value], []) if kind == "phrases" else ([], [value])
+            clash = next(
+                (
+                    (name, script.id, text)
+                    for name in names
+                    for script in scripts.scripts
+                    if script.id in _candidate_ids(flow, name, flow.stages[name], scripts)
+                    or script.id in _fallback_ids(flow, flow.stages[name])
+                    for text in (script.text, *script.wordings)
+                    if forbidden_hits(text, phrases, patterns)
+                ),
+                None,
+            )
+            if clash:
+                name, script_id, text = clash
+                problems.add(
+                    "flow.yaml",
+                    (*loc, "forbidden", kind, i),
+                    f"matches approved script {script_id!r} of stage {name!r}: {text!r}",
+                )
+
+
 def _fallback_ids(flow: schema.FlowFile, stage: schema.Stage) -> set[str]:
     ids = {flow.compliance.universal_fallback}
     if stage.compliance and stage.compliance.fallback:
@@ -293,6 +358,8 @@ def _compile(
                 fallback=tuple(sorted((sc.fallback or {}).items())),
                 universal_fallback=flow.compliance.universal_fallback,
                 candidates=_candidate_ids(flow, name, st, scripts),
+                margin=sc.margin if sc.margin is not None else flow.compliance.margin,
+                **_forbidden_fields(flow.compliance.forbidden, sc.forbidden),
             )
         say_text = next((s.text for s in scripts.scripts if s.id == st.say), "") if st.say else ""
         stages[name] = Stage(
@@ -309,7 +376,9 @@ def _compile(
             compliance=policy,
         )
     script_map = {
-        s.id: Script(id=s.id, stages=tuple(s.stages), act=s.act, text=s.text)
+        s.id: Script(
+            id=s.id, stages=tuple(s.stages), act=s.act, text=s.text, wordings=tuple(s.wordings)
+        )
         for s in scripts.scripts
     }
     return Flow(
@@ -324,6 +393,9 @@ def _compile(
         slot_defaults=MappingProxyType(dict(flow.slots)),
         classifier_threshold=flow.classifier.threshold,
         classifier_margin=flow.classifier.margin,
+        classifier_model=flow.classifier.model,
+        classifier_calibrate=flow.classifier.calibrate,
+        classifier_max_accuracy_drop=flow.classifier.max_accuracy_drop,
         embedder=flow.compliance.embedder,
         persona=flow.llm.persona,
         default_generation=generation["__default__"],
@@ -332,7 +404,19 @@ def _compile(
         scripts=MappingProxyType(script_map),
         intents=MappingProxyType({k: tuple(v) for k, v in intents.intents.items()}),
         library_hash=content_hash(raw["scripts.yaml"], scheme="scripts:v1:"),
+        early_stop=flow.compliance.early_stop,
     )
+
+
+def _forbidden_fields(
+    flow_level: schema.Forbidden, stage_level: schema.Forbidden | None
+) -> dict[str, tuple[str, ...]]:
+    """Stage rules are added to the flow's (order kept, duplicates dropped)."""
+    blocks = [flow_level, *([stage_level] if stage_level else [])]
+    return {
+        "forbidden_phrases": tuple(dict.fromkeys(p for b in blocks for p in b.phrases)),
+        "forbidden_patterns": tuple(dict.fromkeys(p for b in blocks for p in b.patterns)),
+    }
 
 
 def load_flow(folder: str | Path) -> Flow:
@@ -349,8 +433,10 @@ def load_flow(folder: str | Path) -> Flow:
         _check_references(flow, intents, scripts, problems)  # type: ignore[arg-type]
         _check_reachability(flow, problems)
         generation = _check_generation(flow, problems)
+        _check_compliance_rules(flow, problems)
         if isinstance(scripts, schema.ScriptsFile):
             _check_candidates(flow, scripts, problems)
+            _check_rules_spare_scripts(flow, scripts, problems)
     if problems.items:
         raise FlowValidationError(problems.items)
     assert isinstance(intents, schema.IntentsFile) and isinstance(scripts, schema.ScriptsFile)

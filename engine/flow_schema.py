@@ -46,12 +46,27 @@ class Otherwise(_Strict):
     then: Name = Field(description="Stage entered once `max` is exceeded.")
 
 
+class Forbidden(_Strict):
+    """Hard rules checked before any matching: a draft that breaks one falls back."""
+
+    phrases: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Case-insensitive whole-word phrases."
+    )
+    patterns: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Python regular expressions, matched case-insensitively."
+    )
+
+
 class StageCompliance(_Strict):
     threshold: float | None = Field(None, ge=0, le=1)
+    margin: float | None = Field(
+        None, ge=0, le=1, description="Minimum score gap to the best script with another act."
+    )
     mode: Literal["strict", "pass"] | None = None
     fallback: dict[ScriptId, Annotated[float, Field(gt=0, le=1)]] | None = Field(
         None, description="Fallback script id -> weight; weights sum to 1."
     )
+    forbidden: Forbidden | None = Field(None, description="Added to the flow-level rules.")
 
 
 class Stage(_Strict):
@@ -66,15 +81,41 @@ class Stage(_Strict):
 
 
 class ClassifierConfig(_Strict):
-    threshold: float = Field(0.3, ge=0, le=1, description="Minimum confidence to accept an intent.")
-    margin: float = Field(0.1, ge=0, le=1, description="Minimum top-two probability margin.")
+    model: Literal["tfidf", "tfidf+minilm"] = Field(
+        "tfidf",
+        description="tfidf: word + character n-grams (fast); tfidf+minilm: plus MiniLM embeddings.",
+    )
+    threshold: Annotated[float, Field(ge=0, le=1)] | Literal["auto"] = Field(
+        0.3,
+        description="Minimum calibrated confidence to accept an intent; auto: chosen on "
+        "held-out (out-of-fold) predictions.",
+    )
+    margin: Annotated[float, Field(ge=0, le=1)] | Literal["auto"] = Field(
+        0.1, description="Minimum top-two probability margin; auto: chosen like threshold."
+    )
+    calibrate: bool = Field(
+        True, description="Temperature-scale probabilities on held-out predictions."
+    )
+    max_accuracy_drop: float = Field(
+        0.01,
+        ge=0,
+        le=0.5,
+        description="auto only: the in-scope accuracy the rejection rule may cost.",
+    )
 
 
 class ComplianceConfig(_Strict):
-    embedder: Literal["minilm", "tfidf-char"] = "minilm"
+    embedder: str = Field("minilm", description="A registered embedder: minilm, tfidf-char, ...")
     threshold: float = Field(0.55, ge=0, le=1)
+    margin: float = Field(
+        0.0, ge=0, le=1, description="Minimum score gap to the best script with another act."
+    )
     mode: Literal["strict", "pass"] = "strict"
     universal_fallback: ScriptId
+    forbidden: Forbidden = Field(default_factory=Forbidden)
+    early_stop: int = Field(
+        2, ge=0, le=20, description="Stop streaming once the best match held for N checks; 0 = off."
+    )
 
 
 class LLMConfig(_Strict):
@@ -110,6 +151,9 @@ class Script(_Strict):
     stages: list[str] = Field(min_length=1, description='Stage names, or "*" for every stage.')
     act: Name
     text: str = Field(min_length=1)
+    wordings: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Extra approved wordings, matched but never sent."
+    )
 
 
 class ScriptsFile(_Strict):

@@ -40,6 +40,25 @@ class Snapshot:
     history: tuple[tuple[str | None, str], ...]  # (customer text, bot reply), oldest first
 
 
+def reply_from_turn(turn: Turn, outcome: str | None) -> Reply:
+    """The Reply a stored turn stands for; ``outcome`` is set when that turn ended the call."""
+    return Reply(
+        session_id=turn.conversation_id,
+        turn_index=turn.turn_index,
+        text=turn.reply_text,
+        script_id=turn.script_id,
+        stage=turn.stage,
+        source=turn.source,
+        intent=turn.intent,
+        confidence=turn.confidence,
+        margin=turn.margin,
+        variant=turn.variant,
+        ended=outcome is not None,
+        outcome=outcome,
+        latencies_ms=dict(turn.latencies),
+    )
+
+
 def make_engine(url: str) -> SAEngine:
     """A SQLAlchemy engine with the per-backend settings salesbot relies on."""
     if not url.startswith("sqlite"):
@@ -147,21 +166,7 @@ class Store:
             c = db.get(Conversation, conversation_id)
             assert c is not None
             ended = c.status != "active" and c.turn_count == row.turn_index
-            return Reply(
-                session_id=conversation_id,
-                turn_index=row.turn_index,
-                text=row.reply_text,
-                script_id=row.script_id,
-                stage=row.stage,
-                source=row.source,
-                intent=row.intent,
-                confidence=row.confidence,
-                margin=row.margin,
-                variant=row.variant,
-                ended=ended,
-                outcome=c.outcome if ended else None,
-                latencies_ms=dict(row.latencies),
-            )
+            return reply_from_turn(row, outcome=c.outcome if ended else None)
 
     def turns(self, conversation_id: str) -> list[Turn]:
         with self._sessions() as db:

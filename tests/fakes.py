@@ -29,7 +29,11 @@ class FakeBackend:
         pass
 
     def generate(
-        self, messages: list[ChatMessage], params: GenerationParams, seed: int | None = None
+        self,
+        messages: list[ChatMessage],
+        params: GenerationParams,
+        seed: int | None = None,
+        session_key: str | None = None,
     ) -> Generation:
         self.history.append((messages, params))
         item = self.queue.popleft() if self.queue else self.default

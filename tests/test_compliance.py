@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
+import pytest
+
 from engine.compliance import ComplianceFilter
 from engine.compliance.embedders import CharNgramEmbedder
 from engine.compliance.filter import pick_variant
 from engine.flow_loader import load_flow
+from tests.flow_faults import copy_mini
 from tests.test_engine import MINI
 
 FLOW = load_flow(MINI)
@@ -69,3 +72,94 @@ def test_variant_draw_follows_the_weights():
     counts = Counter(pick_variant(pool, f"session-{i}", "pitch") for i in range(4000))
     assert 0.22 < counts["a"] / 4000 < 0.28
     assert pick_variant(pool, "same", "pitch") == pick_variant(pool, "same", "pitch")
+
+
+# ---------------------------------------------------------------- hard rules, margin, wordings
+
+
+def test_forbidden_pattern_sends_the_fallback_even_when_the_draft_matches():
+    policy = replace(FLOW.stages["pitch"].compliance, forbidden_patterns=(r"guarantee\w*",))
+    draft = "Our faster plan gives you 500 megabits for eight pounds more a month, guaranteed!"
+    clean = make_filter().check(draft.replace(", guaranteed", ""), "pitch", policy, "s5", SLOTS)
+    result = make_filter().check(draft, "pitch", policy, "s5", SLOTS)
+    assert clean.decision == "approved" and clean.rule_hits == ()
+    assert (result.decision, result.reason) == ("fallback", "rule")
+    assert [h.as_dict() for h in result.rule_hits] == [
+        {"rule": "pattern", "value": r"guarantee\w*", "match": "guaranteed"}
+    ]
+    # The ranking is still computed and kept for the audit row.
+    assert result.top_k[0][0] == "pitch.speed" and result.score >= result.threshold
+
+
+def test_forbidden_phrase_is_whole_word_case_and_quote_insensitive():
+    policy = replace(FLOW.stages["pitch"].compliance, forbidden_phrases=("can't lose",))
+    flt = make_filter()
+    hit = flt.check("You CAN\u2019T   lose with the faster plan", "pitch", policy, "s6", SLOTS)
+    miss = flt.check("You can't loser with the faster plan", "pitch", policy, "s6", SLOTS)
+    assert [h.rule for h in hit.rule_hits] == ["phrase"] and hit.reason == "rule"
+    assert miss.rule_hits == ()
+
+
+@pytest.mark.parametrize(
+    ("draft", "hits"),
+    [
+        ("Our faster plan gives you 500 megabits for eight pounds more a month!", []),
+        ("Our faster plan gives you 500 megabits for 8 pounds more a month!", []),
+        ("Our faster plan gives you 500 megabits for £12 more a month!", ["price:12"]),
+        ("Our faster plan gives you 500 megabits, 20% off this month!", ["percent:20"]),
+        ("Our faster plan gives you 900 megabits for eight pounds more!", ["plain:900"]),
+    ],
+)
+def test_pass_mode_numbers_must_appear_in_an_approved_script(draft, hits):
+    policy = replace(FLOW.stages["pitch"].compliance, mode="pass")
+    result = make_filter().check(draft, "pitch", policy, "s7", SLOTS)
+    assert [h.value for h in result.rule_hits] == hits
+    assert result.decision == ("pass" if not hits else "fallback")
+    assert result.text == (draft if not hits else FLOW.scripts[result.variant].text)
+
+
+def test_strict_mode_does_not_apply_the_number_rule():
+    draft = "Our faster plan gives you 500 megabits for £12 more a month!"
+    result = make_filter().check(draft, "pitch", FLOW.stages["pitch"].compliance, "s8", SLOTS)
+    assert result.decision == "approved" and result.rule_hits == ()
+    assert result.text == FLOW.scripts["pitch.speed"].text  # the approved price, not £12
+
+
+def test_margin_is_measured_against_the_best_script_of_another_act():
+    flt = make_filter()
+    policy = FLOW.stages["pitch"].compliance
+    draft = "our faster plan, would you like me to upgrade you today"
+    loose = flt.check(draft, "pitch", policy, "s9", SLOTS)
+    acts = [FLOW.scripts[i].act for i, _ in loose.top_k]
+    rival = next(s for (i, s), act in zip(loose.top_k, acts, strict=True) if act != acts[0])
+    assert loose.margin == pytest.approx(loose.top_k[0][1] - rival)
+    assert loose.decision == "approved"  # the flow's margin is 0
+    strict_margin = replace(policy, margin=loose.margin + 0.01)
+    tight = flt.check(draft, "pitch", strict_margin, "s9", SLOTS)
+    assert (tight.decision, tight.reason) == ("fallback", "ambiguous")
+
+
+def test_extra_wordings_are_matched_but_only_the_script_text_is_sent(tmp_path):
+    folder = copy_mini(tmp_path)
+    scripts = folder / "scripts.yaml"
+    text = scripts.read_text()
+    anchor = "    text: Our faster plan gives you 500 megabits for eight pounds more a month.\n"
+    wording = "    wordings: [Upgrading gets you half a gigabit for a small monthly extra.]\n"
+    scripts.write_text(text.replace(anchor, anchor + wording))
+    flow = load_flow(folder)
+    assert flow.scripts["pitch.speed"].wordings == (
+        "Upgrading gets you half a gigabit for a small monthly extra.",
+    )
+    draft = "upgrading gets you half a gigabit for a small extra each month"
+    policy = flow.stages["pitch"].compliance
+    before = make_filter().check(draft, "pitch", policy, "s10", SLOTS)
+    after = ComplianceFilter(flow, CharNgramEmbedder()).check(draft, "pitch", policy, "s10", SLOTS)
+    assert after.score > before.score and after.score >= policy.threshold > before.score
+    assert (after.decision, after.script_id) == ("approved", "pitch.speed")
+    assert after.text == flow.scripts["pitch.speed"].text
+
+
+def test_no_eligible_candidate_falls_back_with_reason_empty():
+    policy = replace(FLOW.stages["pitch"].compliance, candidates=("faq.robot",))
+    result = make_filter().check("anything at all", "pitch", policy, "s11", {"agent_name": None})
+    assert (result.decision, result.reason, result.top_k) == ("fallback", "empty", ())

@@ -193,7 +193,7 @@ def test_pure_llm_arm_serves_scripted_stages_with_the_llm(db_url):
 
 def test_a_failed_turn_writes_nothing(db_url):
     class Exploding(FakeBackend):
-        def generate(self, messages, params, seed=None):
+        def generate(self, messages, params, seed=None, session_key=None):
             raise KeyboardInterrupt  # not a backend error: the turn must roll back whole
 
     engine = make_engine(db_url, Exploding())

@@ -18,7 +18,7 @@ CHILD = textwrap.dedent(
     from tests.test_engine import make_engine
 
     class Slow(FakeBackend):
-        def generate(self, messages, params, seed=None):
+        def generate(self, messages, params, seed=None, session_key=None):
             print("GENERATING", flush=True)
             time.sleep(60)
 

@@ -50,11 +50,11 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
 class SlowBackend(FakeBackend):
     """Holds each generation long enough for two workers' turns to overlap."""
 
-    def generate(self, messages, params, seed=None):
+    def generate(self, messages, params, seed=None, session_key=None):
         import time
 
         time.sleep(0.3)
-        return super().generate(messages, params, seed)
+        return super().generate(messages, params, seed, session_key)
 
 
 @pytest.mark.parametrize("workers", ["one engine", "two engines"])

@@ -1,7 +1,16 @@
 """Map an LLM draft to the nearest approved script, or fall back.
 
-The raw text never reaches the customer in strict mode: the reply is always a script from the
-library. The fallback wording is drawn per session from the stage's weighted pool with a hash of
+Order of a decision: hard rules first (forbidden phrases and patterns; in pass mode also numbers
+that no approved script of the stage contains), then the nearest eligible script by exact cosine
+over every approved wording, then the stage's threshold, then its top-two margin. In strict mode
+(the default) the customer hears the approved script, never the draft. In pass mode the draft
+itself is sent when it passes all of that.
+
+The margin is measured against the best script with a *different act*: two pitch scripts that
+both say "it's £38 a month" are interchangeable, but a draft halfway between "here is the price"
+and "you can cancel within 14 days" is ambiguous about what the bot is doing, and falls back.
+
+The fallback wording is drawn per session from the stage's weighted pool with a hash of
 (session, stage), so it is sticky for the whole call and reproducible in an A/B analysis.
 """
 
@@ -9,13 +18,22 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from engine.compliance.embedders import Embedder
+from engine.compliance.index import IndexEntry, ScriptIndex, as_vector
+from engine.compliance.rules import (
+    RuleHit,
+    allowed_numbers,
+    forbidden_hits,
+    number_hits,
+)
 from engine.flow import CompliancePolicy, Flow
 
 TOP_K = 3
@@ -24,9 +42,42 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
 
 
 @dataclass(frozen=True)
+class Match:
+    """What the matcher found for one draft, before any threshold is applied."""
+
+    text: str
+    top_k: tuple[tuple[str, float], ...]
+    margin: float | None  # best score minus the best score of another act; None: no rival
+    rule_hits: tuple[RuleHit, ...]
+    embed_ms: float
+    match_ms: float
+
+    @property
+    def score(self) -> float | None:
+        return self.top_k[0][1] if self.top_k else None
+
+    def verdict(self, threshold: float, margin: float) -> str:
+        """``ok`` or why the draft cannot be used: empty | rule | below_threshold | ambiguous."""
+        if not self.top_k:
+            return "empty"
+        if self.rule_hits:
+            return "rule"
+        if self.top_k[0][1] < threshold:
+            return "below_threshold"
+        if self.margin is not None and self.margin < margin:
+            return "ambiguous"
+        return "ok"
+
+    def accepted(self, policy: CompliancePolicy) -> str | None:
+        """The script this draft would be mapped to, or None when it would fall back."""
+        ok = self.verdict(policy.threshold, policy.margin) == "ok"
+        return self.top_k[0][0] if ok else None
+
+
+@dataclass(frozen=True)
 class ComplianceResult:
     decision: str  # approved | pass | fallback | universal
-    script_id: str | None  # the script sent (None only when pass mode sends raw text)
+    script_id: str | None  # the script sent (in pass mode: the script the draft matched)
     text: str  # what the customer hears
     score: float | None  # best similarity among eligible candidates
     threshold: float
@@ -34,10 +85,22 @@ class ComplianceResult:
     variant: str | None  # the fallback script chosen, when a fallback was sent
     embed_ms: float
     match_ms: float
+    rule_hits: tuple[RuleHit, ...] = ()
+    margin: float | None = None
+    reason: str = "ok"  # ok | empty | rule | below_threshold | ambiguous
 
     @property
     def source(self) -> str:
         return {"approved": "llm", "pass": "llm"}.get(self.decision, self.decision)
+
+    def audit_top_k(self) -> dict:
+        """The ``top_k`` JSON of the audit row."""
+        return {
+            "ids": [i for i, _ in self.top_k],
+            "scores": [s for _, s in self.top_k],
+            "margin": self.margin,
+            "reason": self.reason,
+        }
 
 
 def pick_variant(pool: tuple[tuple[str, float], ...], session_key: str, stage: str) -> str:
@@ -53,30 +116,167 @@ def pick_variant(pool: tuple[tuple[str, float], ...], session_key: str, stage: s
 
 
 class ComplianceFilter:
-    """Embeds the script library once per flow and decides per draft."""
+    """Indexes the script library once per flow (cached on disk) and decides per draft."""
 
-    def __init__(self, flow: Flow, embedder: Embedder):
+    def __init__(
+        self,
+        flow: Flow,
+        embedder: Embedder,
+        *,
+        cache_dir: Path | None = None,
+        use_cache: bool = True,
+    ):
         self.flow = flow
         self.embedder = embedder
-        self.ids = list(flow.scripts)
-        texts = [self._index_text(flow.scripts[i].text) for i in self.ids]
-        embedder.fit(texts)
-        self.matrix = embedder.embed_batch(texts)
-        self.row = {script_id: i for i, script_id in enumerate(self.ids)}
+        defaults = {k: v for k, v in flow.slot_defaults.items() if v is not None}
+        entries = [
+            IndexEntry(
+                script.id,
+                script.act,
+                tuple(self._index_text(t, defaults) for t in (script.text, *script.wordings)),
+            )
+            for script in flow.scripts.values()
+        ]
+        self.index = ScriptIndex.build(
+            entries,
+            embedder,
+            library_hash=flow.library_hash,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+        )
+        self._lock = threading.Lock()
+        self._masks: dict[tuple[tuple[str, ...], frozenset[str]], np.ndarray] = {}
+        self._numbers: dict[tuple, frozenset[str]] = {}
+        for stage in flow.stages.values():
+            if stage.compliance is not None:
+                self.index.view(stage.compliance.candidates)
 
     @staticmethod
-    def _index_text(text: str) -> str:
-        """Placeholders read as their slot names ("{customer_name}" -> "customer name")."""
-        return _PLACEHOLDER.sub(lambda m: m.group(1).replace("_", " "), text)
+    def _index_text(text: str, defaults: Mapping[str, str]) -> str:
+        """Placeholders read as the flow's default value, else as their slot name
+        ("{current_plan}" -> "100 Mbps", "{customer_name}" -> "customer name")."""
+        return _PLACEHOLDER.sub(
+            lambda m: defaults.get(m.group(1)) or m.group(1).replace("_", " "), text
+        )
 
     @property
     def embedder_name(self) -> str:
         return self.embedder.name
 
+    @property
+    def index_key(self) -> str:
+        return self.index.key
+
     def eligible(self, policy: CompliancePolicy, slots: Mapping[str, str | None]) -> list[str]:
         """Candidates whose placeholders can all be filled from the session's known slots."""
         known = {k for k, v in slots.items() if v is not None}
         return [c for c in policy.candidates if self.flow.scripts[c].slots <= known]
+
+    def eligible_mask(
+        self, policy: CompliancePolicy, slots: Mapping[str, str | None]
+    ) -> np.ndarray:
+        """``eligible`` as a boolean mask over ``policy.candidates``, cached per slot set."""
+        known = frozenset(k for k, v in slots.items() if v is not None)
+        key = (policy.candidates, known)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = np.array(
+                [self.flow.scripts[c].slots <= known for c in policy.candidates], dtype=bool
+            )
+            with self._lock:
+                if len(self._masks) > 4096:
+                    self._masks.clear()
+                self._masks[key] = mask
+        return mask
+
+    def rule_hits(
+        self, raw_text: str, policy: CompliancePolicy, slots: Mapping[str, str]
+    ) -> list[RuleHit]:
+        hits = forbidden_hits(raw_text, policy.forbidden_phrases, policy.forbidden_patterns)
+        if policy.mode == "pass":
+            hits += number_hits(raw_text, self._allowed_numbers(policy, slots))
+        return hits
+
+    def _allowed_numbers(
+        self, policy: CompliancePolicy, slots: Mapping[str, str]
+    ) -> frozenset[str]:
+        sendable = (*policy.candidates, *(s for s, _ in policy.fallback), policy.universal_fallback)
+        values = tuple(sorted((k, str(v)) for k, v in slots.items() if v is not None))
+        key = (sendable, values)
+        allowed = self._numbers.get(key)
+        if allowed is None:
+            filled = dict(values)
+            scripts = [self.flow.scripts[script_id] for script_id in sendable]
+            texts = [
+                _PLACEHOLDER.sub(lambda m: filled.get(m.group(1), ""), text)
+                for script in scripts
+                for text in (script.text, *script.wordings)
+            ]
+            allowed = allowed_numbers(texts)
+            with self._lock:
+                if len(self._numbers) > 1024:
+                    self._numbers.clear()
+                self._numbers[key] = allowed
+        return allowed
+
+    def match(self, raw_text: str, policy: CompliancePolicy, slots: Mapping[str, str]) -> Match:
+        """Embed the draft and find its nearest eligible scripts; check the hard rules."""
+        started = time.perf_counter()
+        mask = self.eligible_mask(policy, slots)
+        if not raw_text.strip() or not mask.any():
+            return Match(raw_text, (), None, (), 0.0, (time.perf_counter() - started) * 1000)
+        hits = tuple(self.rule_hits(raw_text, policy, slots))
+        vector = as_vector(self.embedder.embed_batch([raw_text])[0])
+        embedded = time.perf_counter()
+        top, margin = self.index.view(policy.candidates).top(vector, mask, TOP_K)
+        done = time.perf_counter()
+        return Match(
+            raw_text,
+            tuple(top),
+            margin,
+            hits,
+            embed_ms=(embedded - started) * 1000,
+            match_ms=(done - embedded) * 1000,
+        )
+
+    def decide(
+        self,
+        match: Match,
+        stage: str,
+        policy: CompliancePolicy,
+        session_key: str,
+        slots: Mapping[str, str],
+    ) -> ComplianceResult:
+        """Turn a match into what the customer hears."""
+        reason = match.verdict(policy.threshold, policy.margin)
+        variant = None
+        if reason == "ok":
+            script_id = match.top_k[0][0]
+            if policy.mode == "pass":
+                decision, text = "pass", match.text.strip()
+            else:
+                decision, text = "approved", self.flow.render(script_id, dict(slots))
+        elif policy.fallback:
+            variant = pick_variant(policy.fallback, session_key, stage)
+            decision, script_id = "fallback", variant
+            text = self.flow.render(script_id, dict(slots))
+        else:
+            decision, script_id = "universal", policy.universal_fallback
+            text = self.flow.render(script_id, dict(slots))
+        return ComplianceResult(
+            decision=decision,
+            script_id=script_id,
+            text=text,
+            score=match.score,
+            threshold=policy.threshold,
+            top_k=match.top_k,
+            variant=variant,
+            embed_ms=match.embed_ms,
+            match_ms=match.match_ms,
+            rule_hits=match.rule_hits,
+            margin=match.margin,
+            reason=reason,
+        )
 
     def check(
         self,
@@ -86,44 +286,7 @@ class ComplianceFilter:
         session_key: str,
         slots: Mapping[str, str],
     ) -> ComplianceResult:
-        started = time.perf_counter()
-        candidates = self.eligible(policy, slots)
-        top: tuple[tuple[str, float], ...] = ()
-        embed_ms = 0.0
-        if raw_text.strip() and candidates:
-            vector = self.embedder.embed_batch([raw_text])[0]
-            embed_ms = (time.perf_counter() - started) * 1000
-            rows = [self.row[c] for c in candidates]
-            scores = self.matrix[rows] @ vector
-            order = np.argsort(-scores)[:TOP_K]
-            top = tuple((candidates[i], float(scores[i])) for i in order)
-        best = top[0] if top else None
-        if best and best[1] >= policy.threshold:
-            if policy.mode == "pass":
-                decision, script_id, text = "pass", best[0], raw_text.strip()
-            else:
-                decision, script_id = "approved", best[0]
-                text = self.flow.render(script_id, dict(slots))
-            variant = None
-        elif policy.fallback:
-            variant = pick_variant(policy.fallback, session_key, stage)
-            decision, script_id = "fallback", variant
-            text = self.flow.render(script_id, dict(slots))
-        else:
-            decision, script_id, variant = "universal", policy.universal_fallback, None
-            text = self.flow.render(script_id, dict(slots))
-        total_ms = (time.perf_counter() - started) * 1000
-        return ComplianceResult(
-            decision=decision,
-            script_id=script_id,
-            text=text,
-            score=best[1] if best else None,
-            threshold=policy.threshold,
-            top_k=top,
-            variant=variant,
-            embed_ms=embed_ms,
-            match_ms=total_ms - embed_ms,
-        )
+        return self.decide(self.match(raw_text, policy, slots), stage, policy, session_key, slots)
 
     def fallback(
         self, stage: str, policy: CompliancePolicy, session_key: str, slots: Mapping[str, str]

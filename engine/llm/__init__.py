@@ -1,11 +1,26 @@
-"""LLM backends behind one small contract: ``generate(messages, params) -> Generation``."""
+"""LLM backends behind one small contract: ``generate(messages, params, seed, session_key)``.
 
-from engine.llm.base import BackendError, ChatMessage, Generation, LLMBackend
+Optional capabilities (``stream``, ``generate_batch``, ``release``) are described in
+:mod:`engine.llm.base`; backends are created by name through :mod:`engine.llm.registry`.
+"""
+
+from engine.llm.base import (
+    BackendError,
+    BatchItem,
+    ChatMessage,
+    DeadlineExceeded,
+    Generation,
+    LLMBackend,
+)
+from engine.llm.batching import BatchingBackend
 from engine.llm.registry import available_backends, create_backend, register_backend
 
 __all__ = [
     "BackendError",
+    "BatchItem",
+    "BatchingBackend",
     "ChatMessage",
+    "DeadlineExceeded",
     "Generation",
     "LLMBackend",
     "available_backends",

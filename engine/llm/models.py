@@ -49,17 +49,18 @@ def converted_dir(gguf: Path) -> Path:
     return cache_root() / "models" / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
 
 
-def load_model_and_tokenizer(path: Path, dtype):
-    """Load a HF folder or a GGUF file; GGUF goes through the convert-once cache."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def model_dir(path: Path) -> Path:
+    """The Hugging Face folder to load: ``path`` itself, or a GGUF's converted copy (made once)."""
     if path.is_dir():
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), tokenizer
+        return path
     if path.suffix != ".gguf":
         raise SalesbotError(f"{path}: expected a model folder or a .gguf file")
+    if not path.is_file():
+        raise SalesbotError(f"{path}: no such file")
     cached = converted_dir(path)
     if not (cached / "config.json").is_file():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
         partial = cached.with_name(cached.name + ".partial")
@@ -68,5 +69,21 @@ def load_model_and_tokenizer(path: Path, dtype):
         tokenizer.save_pretrained(partial)
         shutil.rmtree(cached, ignore_errors=True)
         partial.rename(cached)
-    tokenizer = AutoTokenizer.from_pretrained(cached)
-    return AutoModelForCausalLM.from_pretrained(cached, dtype=dtype), tokenizer
+    return cached
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir(path))
+
+
+def load_model(path: Path, dtype):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir(path), dtype=dtype)
+
+
+def load_model_and_tokenizer(path: Path, dtype):
+    """Load a HF folder or a GGUF file; GGUF goes through the convert-once cache."""
+    return load_model(path, dtype), load_tokenizer(path)

@@ -1,89 +1,264 @@
-"""In-process generation with transformers + torch: the reference backend."""
+"""In-process generation with transformers + torch: the reference backend.
+
+Generation goes through :class:`engine.llm.decoder.Decoder`, which reuses each session's prompt
+KV cache across turns and decodes many sessions in one batch. Calls are serialised by a lock:
+torch already uses every core for one forward pass, so two generations at once on a CPU only make
+both slower. Concurrency comes from batching instead (``generate_batch``, or
+:class:`engine.llm.batching.BatchingBackend` in front of this backend).
+
+``params.deadline_s`` bounds the whole call, waiting for the lock included; past it the call
+raises :class:`DeadlineExceeded` and the engine sends the stage's fallback.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from engine.generation import GenerationParams
-from engine.llm.base import BackendError, ChatMessage, Generation
+from engine.llm.base import BackendError, BatchItem, ChatMessage, DeadlineExceeded, Generation
+from engine.llm.kv_cache import SessionKVCache
 from engine.llm.models import default_model_path, load_model_and_tokenizer
+from engine.llm.precision import prepare_model, resolve_precision
+
+DEFAULT_CACHE_MB = 512.0
 
 
 class TransformersBackend:
-    """Loads lazily (the first ``generate`` pays for it) and serialises generation calls.
+    """Any local Hugging Face causal LM folder or GGUF file (default: SmolLM2-135M-Instruct).
 
-    torch already uses every core for one forward pass, so running two generations at once on
-    a CPU only makes both slower; the lock keeps latency predictable.
+    ``dtype``: fp32 | bf16 | int8 (CPU), fp32 | bf16 | fp16 (CUDA). ``cache_mb``: memory budget
+    for all sessions' cached prompts (0 turns reuse off). ``threads``: torch intra-op threads
+    (0 = torch's default, one per core). ``device``: auto | cpu | cuda[:n].
     """
 
     name = "transformers"
 
-    def __init__(self, model: str | Path | None = None, dtype: str = "float32", threads: int = 0):
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        dtype: str = "fp32",
+        threads: int = 0,
+        cache_mb: float = DEFAULT_CACHE_MB,
+        device: str = "auto",
+    ):
         self.model_path = Path(model) if model else None
         self.dtype = dtype
         self.threads = threads
+        self.cache_mb = cache_mb
+        self.device = device
         self._model = None
         self._tokenizer = None
         self._lock = threading.Lock()
+        self.cache = SessionKVCache(cache_mb)
+        self._decoder = None
+
+    # -- loading ----------------------------------------------------------------------------
 
     def load(self) -> None:
         if self._model is not None:
             return
+        precision = resolve_precision(self.dtype, self.device)
+        path = self.model_path or default_model_path()
+        model, tokenizer = load_model_and_tokenizer(path, precision.load_dtype)
+        self.use_model(model, tokenizer)
+
+    def use_model(self, model, tokenizer) -> TransformersBackend:
+        """Serve an already built model (tests build tiny ones; the CLI loads from disk)."""
         import torch
 
         if self.threads:
             torch.set_num_threads(self.threads)
-        path = self.model_path or default_model_path()
-        model, tokenizer = load_model_and_tokenizer(path, getattr(torch, self.dtype))
-        model.eval()
-        self._model, self._tokenizer = model, tokenizer
+        precision = resolve_precision(self.dtype, self.device)
+        model = prepare_model(model, precision)
+        from engine.llm.attention import use_grouped_sdpa
+
+        use_grouped_sdpa(model)  # padded batches: no per-layer copy of the keys and values
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+        from engine.llm.decoder import Decoder
+
+        self._model, self._tokenizer, self.precision = model, tokenizer, precision
+        self._decoder = Decoder(
+            model, self.cache, eos_ids=eos_ids, pad_id=pad, device=precision.device
+        )
+        self.max_positions = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+        return self
+
+    @property
+    def model(self):
+        self.load()
+        return self._model
+
+    @property
+    def tokenizer(self):
+        self.load()
+        return self._tokenizer
+
+    # -- cache ------------------------------------------------------------------------------
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes held now by all sessions' cached prompt KV (never above ``cache_mb``)."""
+        return self.cache.nbytes
+
+    def release(self, session_key: str) -> None:
+        """Free a session's cached prompt (call when the conversation ends)."""
+        self.cache.release(session_key)
+
+    # -- generation -------------------------------------------------------------------------
+
+    def encode(self, messages: Sequence[ChatMessage]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, tokenize=True
+        )
+        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
 
     def generate(
-        self, messages: list[ChatMessage], params: GenerationParams, seed: int | None = None
+        self,
+        messages: list[ChatMessage],
+        params: GenerationParams,
+        seed: int | None = None,
+        session_key: str | None = None,
     ) -> Generation:
+        item = BatchItem(messages, params, seed, session_key)
+        generation = self._run([item], time.perf_counter() + params.deadline_s)[0]
+        if generation.finish_reason == "deadline":
+            raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s")
+        return generation
+
+    def generate_batch(self, items: Sequence[BatchItem | tuple]) -> list[Generation]:
+        """One decode loop for all items; an item past its deadline gets finish_reason
+        "deadline" (and whatever text it had) while the others carry on."""
+        batch = [BatchItem.of(item) for item in items]
+        if not batch:
+            return []
+        started = time.perf_counter()
+        lock_deadline = started + max(item.params.deadline_s for item in batch)
+        return self._run(batch, lock_deadline)
+
+    def stream(
+        self,
+        messages: list[ChatMessage],
+        params: GenerationParams,
+        seed: int | None = None,
+        session_key: str | None = None,
+    ) -> Iterator[str]:
+        """Text chunks as they are decoded. Closing the iterator stops generation at once and
+        frees the model for the next caller; past the deadline it raises ``DeadlineExceeded``."""
+        deadline = time.perf_counter() + params.deadline_s
+        self._acquire(deadline)
+        try:
+            row = self._row(BatchItem(messages, params, seed, session_key), deadline)
+            emitted = ""
+            for _ in self._decoder.steps([row], self._stop_check):
+                if row.finish == "deadline":
+                    raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s")
+                text = self._text(row.generated, params, strip=False).lstrip()
+                if text.endswith("\ufffd"):
+                    continue  # half of a multi-byte character: wait for the rest
+                if len(text) > len(emitted) and text.startswith(emitted):
+                    yield text[len(emitted) :]
+                    emitted = text
+            final = self._text(row.generated, params)
+            if len(final) > len(emitted) and final.startswith(emitted):
+                yield final[len(emitted) :]  # what was held back (a character never completed)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"transformers generation failed: {exc}") from exc
+        finally:
+            self._lock.release()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _acquire(self, deadline: float) -> None:
+        self.load()
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.perf_counter())):
+            raise DeadlineExceeded("the model stayed busy past the deadline")
+
+    def _row(self, item: BatchItem, deadline: float):
+        from engine.llm.decoder import DecodeRow
+
+        prompt = self.encode(item.messages)
+        if len(prompt) + item.params.max_new_tokens > self.max_positions:
+            raise BackendError(
+                f"prompt of {len(prompt)} tokens + {item.params.max_new_tokens} new tokens "
+                f"exceeds the model's {self.max_positions} positions"
+            )
+        return DecodeRow(
+            prompt=prompt,
+            params=item.params,
+            seed=item.seed,
+            session_key=item.session_key,
+            deadline=min(deadline, item.deadline_at or deadline),
+        )
+
+    def _run(self, batch: list[BatchItem], lock_deadline: float) -> list[Generation]:
+        started = time.perf_counter()
+        self._acquire(lock_deadline)
+        try:
+            rows = [self._row(item, started + item.params.deadline_s) for item in batch]
+            beams = [i for i, row in enumerate(rows) if row.params.num_beams > 1]
+            plain = [row for row in rows if row.params.num_beams == 1]
+            if plain:
+                for _ in self._decoder.steps(plain, self._stop_check):
+                    pass
+            for i in beams:
+                self._beam_search(rows[i])
+        except BackendError:
+            raise
+        except Exception as exc:  # any failure must end in a fallback, never a crash
+            raise BackendError(f"transformers generation failed: {exc}") from exc
+        finally:
+            self._lock.release()
+        seconds = time.perf_counter() - started
+        return [
+            Generation(
+                text=self._text(row.generated, row.params),
+                prompt_tokens=len(row.prompt),
+                completion_tokens=len(row.generated),
+                seconds=seconds,
+                finish_reason=row.finish or "length",
+                cached_tokens=row.reused,
+            )
+            for row in rows
+        ]
+
+    def _text(self, ids: list[int], params: GenerationParams, strip: bool = True) -> str:
+        text = self._tokenizer.decode(ids, skip_special_tokens=True)
+        for stop in params.stop:
+            text = text.split(stop)[0]
+        return text.strip() if strip else text
+
+    def _stop_check(self, row) -> bool:
+        if not row.params.stop:
+            return False
+        tail = self._tokenizer.decode(row.generated[-16:], skip_special_tokens=True)
+        return any(stop in tail for stop in row.params.stop)
+
+    def _beam_search(self, row) -> None:
+        """Beam search through ``model.generate`` (no cache reuse: beams are the rare case)."""
         import torch
 
-        with self._lock:
-            self.load()
-            tokenizer, model = self._tokenizer, self._model
-            started = time.perf_counter()
-            try:
-                inputs = tokenizer.apply_chat_template(
-                    list(messages),
-                    add_generation_prompt=True,
-                    return_tensors="pt",
-                    return_dict=True,
-                )
-                if seed is not None:
-                    torch.manual_seed(seed)
-                kwargs = dict(
-                    max_new_tokens=params.max_new_tokens,
-                    do_sample=params.do_sample,
-                    num_beams=params.num_beams,
-                    repetition_penalty=params.repetition_penalty,
-                    no_repeat_ngram_size=params.no_repeat_ngram_size,
-                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                )
-                if params.do_sample:
-                    kwargs.update(
-                        temperature=params.temperature, top_p=params.top_p, top_k=params.top_k
-                    )
-                if params.stop:
-                    kwargs.update(stop_strings=list(params.stop), tokenizer=tokenizer)
-                with torch.inference_mode():
-                    output = model.generate(**inputs, **kwargs)
-            except Exception as exc:  # any failure must end in a fallback, never a crash
-                raise BackendError(f"transformers generation failed: {exc}") from exc
-            prompt_len = inputs["input_ids"].shape[1]
-            new_tokens = output[0, prompt_len:]
-            text = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
-            for stop in params.stop:
-                text = text.split(stop)[0]
-            return Generation(
-                text=text.strip(),
-                prompt_tokens=int(prompt_len),
-                completion_tokens=int(new_tokens.shape[0]),
-                seconds=time.perf_counter() - started,
+        params = row.params
+        ids = torch.tensor([row.prompt], device=self.precision.device)
+        with torch.inference_mode():
+            output = self._model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=params.max_new_tokens,
+                do_sample=False,
+                num_beams=params.num_beams,
+                repetition_penalty=params.repetition_penalty,
+                no_repeat_ngram_size=params.no_repeat_ngram_size,
+                pad_token_id=self._decoder.pad_id,
             )
+        generated = output[0, len(row.prompt) :].tolist()
+        row.generated = [t for t in generated if t not in self._decoder.eos_ids]
+        row.finish = "stop" if len(row.generated) < len(generated) else "length"

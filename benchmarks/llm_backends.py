@@ -1,0 +1,151 @@
+"""All in-process LLM backends side by side, in one run (issue: llama.cpp backend).
+
+For each backend: load time (the transformers GGUF conversion is cached beforehand, so this is
+the warm start), first-token time and decode tokens/s on a fixed prompt, and the full LLM-stage
+decision (generation + MiniLM compliance filter) for a reply of up to 40 tokens at turn 1 and
+turn 6 of a call, with per-session prefix reuse. Greedy decoding, so the compliance decisions
+of the backends can be compared on identical prompts.
+
+    python benchmarks/llm_backends.py --sessions 5 --json /tmp/llm_backends.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from engine.compliance import ComplianceFilter  # noqa: E402
+from engine.compliance.embedders import MiniLMEmbedder  # noqa: E402
+from engine.flow_loader import load_flow  # noqa: E402
+from engine.generation import GenerationParams  # noqa: E402
+from engine.llm.llamacpp_backend import LlamaCppBackend  # noqa: E402
+from engine.llm.prompt import build_messages  # noqa: E402
+from engine.llm.transformers_backend import TransformersBackend  # noqa: E402
+
+FLOW = Path(__file__).resolve().parent.parent / "flows" / "broadband_en"
+PARAMS = GenerationParams(do_sample=False, max_new_tokens=40, deadline_s=120)
+SLOTS = {
+    "customer_name": "Alex",
+    "agent_name": "Sam",
+    "company": "Brightline Broadband",
+    "current_plan": "100 Mbps",
+}
+OPENING = [
+    (None, "Hello, this is Sam from Brightline Broadband. Am I speaking with Alex?"),
+    ("yes speaking", "Thanks. For security, could you confirm the first line of your address?"),
+    ("it's 12 Oak Street", "How do you mostly use your internet at home?"),
+]
+CALLER = [
+    "we stream a lot of films and I work from home",
+    "how fast would it actually be",
+    "and what does it cost per month",
+    "is there a long contract",
+    "do I need a new router",
+    "hmm I'm not sure, it sounds expensive",
+]
+
+
+def backends() -> dict[str, object]:
+    return {
+        "transformers fp32": TransformersBackend(dtype="fp32"),
+        "transformers bf16": TransformersBackend(dtype="bf16"),
+        "llamacpp": LlamaCppBackend(),
+    }
+
+
+def first_token_and_decode(backend) -> tuple[float, float]:
+    messages = build_messages(FLOW_OBJ, FLOW_OBJ.stages["pitch"], OPENING, SLOTS, CALLER[0])
+    started = time.perf_counter()
+    chunks = iter(backend.stream(messages, PARAMS, seed=0))
+    first = next(chunks)
+    first_token = time.perf_counter() - started
+    text = first + "".join(chunks)
+    total = time.perf_counter() - started
+    tokens = max(1, backend_tokens(backend, text) - 1)
+    return first_token, tokens / max(1e-9, total - first_token)
+
+
+def backend_tokens(backend, text: str) -> int:
+    if isinstance(backend, LlamaCppBackend):
+        return len(backend._llm.tokenize(text.encode("utf-8"), add_bos=False))
+    return len(backend._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def call_decisions(backend, compliance, sessions: int) -> tuple[list[float], list[float], list]:
+    """Decision latency at turn 1 and turn 6 of ``sessions`` calls, and the chosen scripts."""
+    turn1, turn6, chosen = [], [], []
+    stage = FLOW_OBJ.stages["pitch"]
+    for s in range(sessions):
+        history = list(OPENING)
+        key = f"bench-{s}"
+        for t, said in enumerate(CALLER, start=1):
+            messages = build_messages(FLOW_OBJ, stage, history, SLOTS, f"{said} ({s})")
+            started = time.perf_counter()
+            draft = backend.generate(messages, PARAMS, seed=0, session_key=key)
+            result = compliance.check(draft.text, "pitch", stage.compliance, key, SLOTS)
+            elapsed = time.perf_counter() - started
+            (turn1 if t == 1 else turn6 if t == 6 else []).append(elapsed)
+            chosen.append((s, t, result.script_id))
+            history.append((said, result.text))
+        backend.release(key)
+    return turn1, turn6, chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    global FLOW_OBJ
+    FLOW_OBJ = load_flow(FLOW)
+    compliance = ComplianceFilter(FLOW_OBJ, MiniLMEmbedder())
+    compliance.embedder.embed_batch(["warm up"])
+    TransformersBackend().load()  # make sure the GGUF conversion cache exists: warm starts only
+    rows, choices = [], {}
+    for name, backend in backends().items():
+        started = time.perf_counter()
+        backend.load()
+        load_s = time.perf_counter() - started
+        first_token, decode = first_token_and_decode(backend)
+        t1, t6, chosen = call_decisions(backend, compliance, args.sessions)
+        choices[name] = chosen
+        rows.append(
+            {
+                "backend": name,
+                "load_s": round(load_s, 3),
+                "first_token_s": round(first_token, 3),
+                "decode_tok_s": round(decode, 1),
+                "decision_turn1_p50_s": round(statistics.median(t1), 3),
+                "decision_turn6_p50_s": round(statistics.median(t6), 3),
+            }
+        )
+        print(rows[-1], flush=True)
+    reference = choices["transformers fp32"]
+    for row in rows:
+        same = sum(a[2] == b[2] for a, b in zip(reference, choices[row["backend"]], strict=True))
+        row["same_script_as_fp32"] = f"{same}/{len(reference)}"
+    print(
+        "| backend | load s | first token s | decode tok/s | decision turn 1 p50 s | "
+        "decision turn 6 p50 s | same script as fp32 |\n|---|---|---|---|---|---|---|"
+    )
+    for r in rows:
+        print(
+            f"| {r['backend']} | {r['load_s']} | {r['first_token_s']} | {r['decode_tok_s']} | "
+            f"{r['decision_turn1_p50_s']} | {r['decision_turn6_p50_s']} | "
+            f"{r['same_script_as_fp32']} |"
+        )
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Simulation throughput with the real models: conversations per minute per arm, batched vs not.
+
+Each arm (hybrid, pure_llm) runs alone on a fresh database, once with LLM calls batched across
+conversations (``BatchingBackend``, batch 32, 64 conversations in flight: what ``salesbot
+simulate`` does) and once unbatched (each call its own forward pass; 4 conversations in flight
+so that the scripted parts still overlap). The model (SmolLM2-135M-Instruct through
+transformers, fp32), the embedder (MiniLM) and the classifier are loaded once and shared.
+
+    python benchmarks/simulation_throughput.py --n-batched 64 --n-unbatched 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from simulation_common import BROADBAND, machine, simulation
+
+from engine.engine import Engine
+from engine.llm import create_backend
+from engine.simulation.batching import simulation_backend
+from storage import Store
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-batched", type=int, default=64)
+    parser.add_argument("--n-unbatched", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--arms", default="hybrid,pure_llm")
+    args = parser.parse_args()
+
+    print(f"machine: {machine()}")
+    inner = create_backend("transformers")
+    started = time.perf_counter()
+    base = Engine.from_flow_dir(BROADBAND, "sqlite://", backend=simulation_backend(inner, 1))
+    inner.load()
+    print(f"models loaded in {time.perf_counter() - started:.1f} s")
+    folder = Path(tempfile.mkdtemp(prefix="salesbot-throughput-"))
+    rows = []
+    for arm in args.arms.split(","):
+        measured = {}
+        for label, batch, n, concurrency in (
+            ("batched", args.batch, args.n_batched, 2 * args.batch),
+            ("unbatched", 1, args.n_unbatched, 4),
+        ):
+            backend = simulation_backend(inner, batch)
+            store = Store(f"sqlite:///{folder / f'{arm}-{label}.db'}")
+            engine = Engine(
+                flow=base.flow, classifier=base.classifier, backend=backend,
+                compliance=base.compliance, store=store, experiments=base.experiments,
+            )  # fmt: skip
+            sim = simulation(engine, arm, n, args.seed, concurrency=concurrency)
+            result = sim.run()
+            stats = backend.stats
+            per_minute = 60 * result.new / result.seconds
+            measured[label] = per_minute
+            sizes = f"{stats.mean_size:.1f}" if stats is not None and stats.batches else "1"
+            rows.append(
+                f"| {arm} | {label} | {result.new} | {result.seconds:.0f} | {per_minute:.1f} | "
+                f"{sizes} |"
+            )
+            print(rows[-1], flush=True)
+            getattr(backend, "close", lambda: None)()
+        rows.append(f"| {arm} | ratio | | | {measured['batched'] / measured['unbatched']:.1f}x | |")
+        print(rows[-1], flush=True)
+    print("\n| arm | LLM calls | conversations | seconds | conversations/min | mean batch |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""``salesbot simulate``: the offline A/B simulation, the product's main job.
+
+A thin layer: validate the inputs (flow, personas, utterances, arms) with exit code 2 on any
+problem, build the engine with the embedded defaults, run the simulation with a progress bar,
+write the A/B report and print a one-screen summary ending with the report's path. Ctrl-C stops
+cleanly; running the same command again resumes the run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+from rich import box
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from engine.errors import FlowValidationError, SalesbotError
+
+console = Console()
+DEFAULT_N = 100
+DEFAULT_BATCH = 32
+
+
+class ConfigError(click.ClickException):
+    exit_code = 2
+
+
+class RateColumn(ProgressColumn):
+    """Conversations per second over the last half minute (rich's speed estimate)."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} conv/s" if speed else "- conv/s", style="progress.data.speed")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f}"
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "<0.0001" if value < 0.0001 else f"{value:.4f}"
+
+
+def _build_backend(name: str, flow, batch: int):
+    """The LLM backend, batched across conversations (see engine.simulation.batching)."""
+    from engine.llm import create_backend
+    from engine.simulation import standin  # noqa: F401  (registers script-sampler)
+    from engine.simulation.batching import simulation_backend
+
+    options = {"flow": flow} if name == "script-sampler" else {}
+    return simulation_backend(create_backend(name, **options), max_batch=batch)
+
+
+def summary_table(report, paired, result, seconds: float) -> Table:
+    """One row per arm: size, close and hang-up rates, fallback rate, and the paired test."""
+    table = Table(
+        title=f"{report.experiment}: {report.primary_label.lower()}, paired by customer",
+        caption=f"* control · run {result.run_id} · {result.done}/{result.total} "
+        f"conversations · {seconds:.0f} s",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+    )
+    headers = ("arm", "n", "closed", "95% CI", "hung up", "fallback", "diff\npts", "McNemar\np")
+    for header in headers:
+        table.add_column(header, justify="left" if header == "arm" else "right", no_wrap=True)
+    tests = {p.arm: p for p in paired}
+    fallback: dict[str, list[int]] = {}
+    for row in report.compliance:
+        counts = fallback.setdefault(row.arm, [0, 0])
+        counts[0] += row.fallback.count + row.universal.count
+        counts[1] += row.turns
+    for arm in report.arms:
+        closed = arm.closed
+        drafts = fallback.get(arm.name, [0, 0])
+        test = tests.get(arm.name)
+        name = arm.name if arm.name == arm.mode else f"{arm.name} ({arm.mode})"
+        table.add_row(
+            name + ("*" if arm.name == report.control else ""),
+            str(arm.assigned),
+            _percent(closed.rate),
+            f"{100 * closed.low:.1f}-{100 * closed.high:.1f}",
+            _percent(arm.hung_up.rate),
+            _percent(drafts[0] / drafts[1]) if drafts[1] else "-",
+            _points(test.test.diff) if test else "",
+            _p(test.test.p_value) if test else "",
+        )
+    return table
+
+
+def paired_sentence(comparison, label: str, alpha: float = 0.05) -> str:
+    """The paired verdict in words: rates, discordant pairs and McNemar's p."""
+    t = comparison.test
+    verdict = "significant" if t.p_value < alpha else "not significant"
+    return (
+        f"{comparison.arm} vs {comparison.control}: {label.lower()} {_percent(t.rate_b)} vs "
+        f"{_percent(t.rate_a)} ({_points(t.diff)} pts); {t.only_a + t.only_b} discordant "
+        f"customers ({t.only_b} closed only with {comparison.arm}, {t.only_a} only with "
+        f"{comparison.control}); McNemar{' exact' if t.exact else ''} p = {_p(t.p_value)}: "
+        f"{verdict} at {alpha:g}."
+    )
+
+
+def simulation_markdown(report, paired, params: dict, report_name: str) -> str:
+    """simulation.md: the run's parameters and the paired test, beside the A/B report."""
+    lines = [
+        f"# Simulation {params['run_id']}",
+        "",
+        f"Experiment `{report.experiment}`, flow `{params['flow_version']}`, "
+        f"personas `{params['population']}`; {params['n']} simulated customers, seed "
+        f"{params['seed']}, each run in every arm (paired); LLM backend `{params['backend']}`, "
+        f"embedder `{params['embedder']}`. Full A/B report: [{report_name}]({report_name}).",
+        "",
+        f"## Primary metric, paired by customer: {report.primary_label}",
+        "",
+        "| arm | control | pairs | arm rate | control rate | diff (pts) | only arm | only control"
+        " | McNemar p |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in paired:
+        t = c.test
+        lines.append(
+            f"| {c.arm} | {c.control} | {t.pairs} | {_percent(t.rate_b)} | {_percent(t.rate_a)}"
+            f" | {_points(t.diff)} | {t.only_b} | {t.only_a} | {_p(t.p_value)}"
+            f"{' (exact)' if t.exact else ''} |"
+        )
+    lines += ["", *[paired_sentence(c, report.primary_label, report.alpha) for c in paired], ""]
+    return "\n".join(lines)
+
+
+@click.command("simulate")
+@click.argument("flow_dir", type=click.Path())
+@click.option("--arms", default=None, help="Arms, e.g. hybrid,pure_llm or a=hybrid,b=hybrid.")
+@click.option("--experiment", default=None, help="Run arms of this experiments.yaml experiment.")
+@click.option("--n", "n", default=DEFAULT_N, show_default=True, type=click.IntRange(1),
+              help="Simulated customers; each one is run in every arm.")  # fmt: skip
+@click.option("--seed", default=7, show_default=True, type=click.IntRange(0))
+@click.option("--db", default="sqlite:///salesbot.db", show_default=True,
+              help="SQLAlchemy URL of the conversation store, as for live traffic.")  # fmt: skip
+@click.option("--out", "out_dir", default=None, type=click.Path(),
+              help="Report folder [default: reports/RUN_ID].")  # fmt: skip
+@click.option("--backend", default="transformers", show_default=True,
+              help="LLM backend; script-sampler: a no-model stand-in.")  # fmt: skip
+@click.option("--embedder", default=None, help="Compliance embedder [default: the flow's].")
+@click.option("--batch", default=DEFAULT_BATCH, show_default=True, type=click.IntRange(1),
+              help="Most LLM calls per forward pass (1: no batching).")  # fmt: skip
+@click.option("--concurrency", default=None, type=click.IntRange(1),
+              help="Conversations in flight [default: 2 x batch].")  # fmt: skip
+@click.option("--run-id", default=None, help="Name the run (default: a hash of its inputs).")
+def simulate(
+    flow_dir: str,
+    arms: str | None,
+    experiment: str | None,
+    n: int,
+    seed: int,
+    db: str,
+    out_dir: str | None,
+    backend: str,
+    embedder: str | None,
+    batch: int,
+    concurrency: int | None,
+    run_id: str | None,
+) -> None:
+    """Run N simulated customers through FLOW_DIR in every arm and write the A/B report.
+
+    The same customers (personas.yaml, utterances.yaml, --seed) meet every arm, so the arms
+    are compared pair by pair. Everything is stored like live traffic in --db. Interrupt with
+    Ctrl-C and run the same command again to resume.
+    """
+    from engine.engine import Engine
+    from engine.experiments import load_experiments
+    from engine.flow_loader import load_flow
+    from engine.report import build_report, write_report
+    from engine.simulation import Simulation, choose, load_population
+    from engine.simulation.results import paired_comparisons, run_conversations
+
+    started = time.perf_counter()
+    try:
+        flow = load_flow(flow_dir)
+        population = load_population(flow)
+        experiments = load_experiments(flow_dir, flow)
+        spec, chosen = choose(flow, experiments, arms, experiment, seed)
+    except (FlowValidationError, SalesbotError) as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        with console.status("Loading classifier, embedder and LLM..."):
+            llm = _build_backend(backend, flow, batch)
+            engine = Engine.from_flow_dir(flow_dir, db, backend=llm, embedder_name=embedder)
+            if hasattr(llm, "load"):
+                llm.load()
+        simulation = Simulation(
+            engine, population, spec, chosen, n=n, seed=seed,
+            concurrency=concurrency or 2 * batch, run_id=run_id,
+        )  # fmt: skip
+    except SalesbotError as exc:
+        raise ConfigError(str(exc)) from None
+    labels = ", ".join(f"{a.label} ({a.mode})" for a in chosen)
+    source = "experiments.yaml" if spec.name in experiments else "ad hoc"
+    console.print(
+        f"simulating [bold]{n}[/bold] customers x {len(chosen)} arms: {labels}; experiment "
+        f"{spec.name} ({source}); run {simulation.run_id}; {engine.store.url.split(':')[0]}"
+    )
+    stop = threading.Event()
+    columns = (
+        SpinnerColumn(), TextColumn("conversations"), BarColumn(), MofNCompleteColumn(),
+        RateColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("simulate", total=n * len(chosen))
+        first: list[int] = []
+
+        def on_progress(done: int, total: int) -> None:
+            if not first:  # conversations finished before a resume do not count in the rate
+                first.append(done)
+                progress.reset(task, total=total, completed=done)
+            else:
+                progress.update(task, completed=done)
+
+        try:
+            result = simulation.run(stop=stop, on_progress=on_progress)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print(
+                "[yellow]interrupted[/yellow]: finished conversations are stored; run the same "
+                "command again to resume."
+            )
+            sys.exit(130)
+        except SalesbotError as exc:
+            raise click.ClickException(str(exc)) from None
+    if result.resumed:
+        console.print(f"resumed: {result.resumed} conversations were already finished")
+    report = build_report(engine.store, spec.name, run_id=result.run_id)
+    paired = paired_comparisons(
+        run_conversations(engine.store, result.run_id), spec, [a.label for a in chosen]
+    )
+    folder = Path(out_dir or Path("reports") / result.run_id)
+    paths = write_report(report, folder)
+    params = {"run_id": result.run_id, **simulation.plan.params()}
+    (folder / "simulation.json").write_text(
+        json.dumps(
+            {"params": params, "paired": [{**asdict(p), "test": asdict(p.test)} for p in paired]},
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    (folder / "simulation.md").write_text(
+        simulation_markdown(report, paired, params, paths["html"].name), encoding="utf-8"
+    )
+    elapsed = time.perf_counter() - started
+    console.print(summary_table(report, paired, result, elapsed))
+    for comparison in paired:
+        console.print(paired_sentence(comparison, report.primary_label, report.alpha))
+    console.print(f"also written: {', '.join(p.name for p in paths.values())}, simulation.md")
+    console.print(f"report: [bold]{paths['html']}[/bold]", soft_wrap=True)

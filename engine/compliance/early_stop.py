@@ -1,0 +1,141 @@
+"""Early stop: read the LLM's draft as it streams and stop once the nearest script is settled.
+
+In strict mode the customer hears an approved script, never the draft, so generating the rest of
+a draft whose nearest script is already clear only costs time. The draft is matched every few
+complete words; once the same script has been accepted (threshold, margin and hard rules) for
+``stable_checks`` checks in a row, the stream is closed, which must stop generation (the backend
+contract for ``stream``). A stream that never settles runs to its end and is judged whole.
+
+Not used in pass mode: there the draft itself is sent, and a cut draft is a broken sentence.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from engine.compliance.filter import ComplianceFilter, ComplianceResult, Match
+from engine.flow import CompliancePolicy
+from engine.generation import GenerationParams
+from engine.llm.base import BackendError
+
+EVERY_WORDS = 3  # complete words between two checks
+MIN_WORDS = 4  # no check before this many words: openings ("Great, so") match anything
+_LAST_SPACE = re.compile(r"\s(?=\S*$)")
+
+
+@dataclass(frozen=True)
+class StreamedDraft:
+    text: str  # the draft as far as it was generated
+    match: Match  # the match the decision is made on (of ``text``)
+    chunks: int  # chunks read from the stream
+    checks: int  # matches run while streaming
+    stopped_early: bool
+    stream_ms: float  # wall time reading the stream, checks included
+
+    def stats(self) -> dict[str, float]:
+        """Numbers for the audit row's ``latencies`` JSON."""
+        return {
+            "stream_chunks": self.chunks,
+            "stream_checks": self.checks,
+            "stopped_early": int(self.stopped_early),
+        }
+
+
+def complete_words(text: str) -> str:
+    """``text`` up to its last whitespace: a streamed token may be half a word ("Fib")."""
+    found = _LAST_SPACE.search(text)
+    return text[: found.start()] if found else ""
+
+
+def stream_and_match(
+    stream: Iterator[str],
+    matcher: Callable[[str], Match],
+    policy: CompliancePolicy,
+    *,
+    stable_checks: int = 2,
+    every_words: int = EVERY_WORDS,
+    min_words: int = MIN_WORDS,
+) -> StreamedDraft:
+    """Consume ``stream`` until the accepted script is stable for ``stable_checks`` checks.
+
+    ``matcher`` maps a (partial) draft to a :class:`Match`; the returned ``match`` is always of
+    the returned ``text``, so the caller decides on exactly what was matched. Exceptions from the
+    stream propagate (the engine turns a ``BackendError`` into a fallback) after it is closed.
+    """
+    started = time.perf_counter()
+    text, chunks, checks, streak, checked_words = "", 0, 0, 0, 0
+    last_script: str | None = None
+    last: Match | None = None
+    stopped = False
+    try:
+        for chunk in stream:
+            chunks += 1
+            text += chunk
+            if stable_checks <= 0:
+                continue
+            head = complete_words(text)
+            words = len(head.split())
+            if words < min_words or words - checked_words < every_words:
+                continue
+            checked_words = words
+            last = matcher(head)
+            checks += 1
+            script = last.accepted(policy)
+            same = script is not None and script == last_script
+            streak = streak + 1 if same else int(script is not None)
+            last_script = script
+            if streak >= stable_checks:
+                stopped = True
+                break
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    stream_ms = (time.perf_counter() - started) * 1000
+    if stopped and last is not None:
+        return StreamedDraft(last.text, last, chunks, checks, True, stream_ms)
+    text = text.strip()
+    match = last if last is not None and last.text == text else matcher(text)
+    return StreamedDraft(text, match, chunks, checks, False, stream_ms)
+
+
+def streamed_reply(
+    backend,
+    compliance: ComplianceFilter,
+    messages: list,
+    params: GenerationParams,
+    stage: str,
+    policy: CompliancePolicy,
+    session_key: str,
+    slots: dict[str, str],
+    latencies: dict[str, float],
+    *,
+    stable_checks: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[str | None, ComplianceResult, str | None]:
+    """The engine's LLM reply through ``backend.stream``: (raw draft, decision, error).
+
+    Same shape and latency keys as the ``generate`` path, plus the stream's counters; a
+    ``BackendError`` (raised when the stream starts or midway) ends in the stage's fallback.
+    """
+    before = clock()
+    try:
+        drafted = stream_and_match(
+            backend.stream(messages, params, session_key=session_key),
+            lambda text: compliance.match(text, policy, slots),
+            policy,
+            stable_checks=stable_checks,
+        )
+    except BackendError as exc:
+        latencies["generate_ms"] = (clock() - before) * 1000
+        return None, compliance.fallback(stage, policy, session_key, slots), str(exc)
+    latencies["generate_ms"] = drafted.stream_ms  # checks made while streaming included
+    latencies.update(drafted.stats())
+    before = clock()
+    result = compliance.decide(drafted.match, stage, policy, session_key, slots)
+    matched = drafted.match.embed_ms + drafted.match.match_ms
+    latencies["compliance_ms"] = (clock() - before) * 1000 + matched
+    return drafted.text, result, None

@@ -1,0 +1,87 @@
+"""The llama.cpp backend: exact no-repeat n-grams, prefix reuse, budgets, clear errors."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from engine.errors import SalesbotError
+from engine.generation import GenerationParams
+from engine.llm.base import BackendError
+from engine.llm.llamacpp_backend import LlamaCppBackend, SessionStates, no_repeat_ngram_processor
+
+MESSAGES = [
+    {"role": "system", "content": "You are Sam, a polite phone sales agent for a broadband firm."},
+    {"role": "user", "content": "I mostly stream films at home."},
+]
+GREEDY = GenerationParams(do_sample=False, max_new_tokens=12, deadline_s=120)
+
+
+def test_no_repeat_ngram_bans_exactly_the_tokens_that_would_repeat_an_ngram():
+    scores = np.zeros(10, dtype=np.float32)
+    out = no_repeat_ngram_processor(3)(np.array([1, 2, 3, 1, 2]), scores)
+    assert np.isneginf(out[3]) and np.isfinite(np.delete(out, 3)).all()
+    untouched = no_repeat_ngram_processor(3)(np.array([1, 2, 3, 4]), scores)
+    assert np.isfinite(untouched).all()
+
+
+@dataclass
+class FakeState:
+    llama_state_size: int
+
+
+def test_session_states_stay_within_budget_and_evict_least_recently_used():
+    states = SessionStates(budget_bytes=250)
+    for key in ("a", "b", "c"):
+        states.put(key, FakeState(100))
+    assert states.bytes <= 250 and len(states) == 2 and states.get("a") is None
+    states.get("b")  # b is now the most recently used
+    states.put("d", FakeState(100))
+    assert states.get("b") is not None and states.get("c") is None
+    states.release("b")
+    assert states.get("b") is None
+
+
+def test_missing_extra_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    with pytest.raises(SalesbotError, match=r"pip install \"salesbot\[llamacpp\]\""):
+        LlamaCppBackend()
+
+
+@pytest.fixture(scope="module")
+def backend():
+    loaded = LlamaCppBackend(threads=2)
+    loaded.load()
+    return loaded
+
+
+@pytest.mark.integration
+def test_greedy_reply_is_identical_with_and_without_prefix_reuse(backend):
+    first = backend.generate(MESSAGES, GREEDY, seed=1, session_key="s1")
+    follow_up = [
+        *MESSAGES,
+        {"role": "assistant", "content": first.text},
+        {"role": "user", "content": "How much does it cost?"},
+    ]
+    reused = backend.generate(follow_up, GREEDY, seed=1, session_key="s1")
+    assert backend.cache_bytes > 0
+    fresh = LlamaCppBackend(threads=2, prefix_reuse=False)
+    assert fresh.generate(follow_up, GREEDY, seed=1).text == reused.text
+    assert fresh.cache_bytes == 0
+    backend.release("s1")
+    assert backend.cache_bytes == 0
+
+
+@pytest.mark.integration
+def test_stream_yields_the_same_text_as_generate(backend):
+    streamed = "".join(backend.stream(MESSAGES, GREEDY, seed=1)).strip()
+    assert streamed and streamed == backend.generate(MESSAGES, GREEDY, seed=1).text
+
+
+@pytest.mark.integration
+def test_beam_search_is_refused_not_ignored(backend):
+    with pytest.raises(BackendError, match="beam"):
+        backend.generate(MESSAGES, GenerationParams(num_beams=2, deadline_s=120))

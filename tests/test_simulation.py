@@ -1,0 +1,324 @@
+"""Simulations through the real Engine (broadband flow, real classifier, tf-idf embedder) with a
+fake LLM at the process boundary: reproducible, responsive to its inputs, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from engine.cli import main
+from engine.compliance import ComplianceFilter
+from engine.compliance.embedders import CharNgramEmbedder
+from engine.engine import Engine
+from engine.flow_loader import load_flow
+from engine.report import build_report
+from engine.simulation import Simulation, choose, load_population
+from engine.simulation.results import (
+    outcome_counts,
+    paired_comparisons,
+    rate,
+    run_conversations,
+)
+from intents import load_or_train
+from storage import Store
+from storage.models import Conversation, SimulationRun
+from tests.conftest import BROADBAND, ROOT
+from tests.fakes import FakeBackend
+
+N = 25
+SEED = 7
+GOOD_DRAFT = "It's £8 more a month, about 26p a day, for five times the speed."
+
+
+class Drafts(FakeBackend):
+    """A fake LLM at the process boundary whose draft answers the customer's last words (so the
+    LLM stages can do well), as a pure function of the prompt: results do not depend on the
+    order in which concurrent conversations call it."""
+
+    PRICE = ("afford", "expensive", "cheaper", "price", "pricey", "cost", "pay", "money", "£")
+    CONTRACT = ("contract", "tied", "months", "commit", "lock", "moving", "cancel")
+    PITCH = (
+        "Fibre 500 gives you 500 Mbps, five times faster, for £38 a month. Would you like it?",
+        "Would you like me to upgrade you to Fibre 500 today?",
+    )
+
+    def generate(self, messages, params, seed=None, session_key=None):
+        said = messages[-1]["content"].lower()
+        if any(w in said for w in self.PRICE):
+            self.default = GOOD_DRAFT
+        elif any(w in said for w in self.CONTRACT):
+            self.default = "It's an 18-month contract and you can cancel within 14 days."
+        else:
+            self.default = self.PITCH[len(said) % 2]
+        return super().generate(messages, params, seed, session_key)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """Flow, classifier, compliance filter and personas, built once for the module."""
+    cache = os.environ.get("SALESBOT_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SALESBOT_CACHE", cache)
+        flow = load_flow(BROADBAND)
+        classifier = load_or_train(
+            {k: list(v) for k, v in flow.intents.items()},
+            language=flow.language,
+            threshold=flow.classifier_threshold,
+            margin=flow.classifier_margin,
+        )
+    return {
+        "flow": flow,
+        "classifier": classifier,
+        "compliance": ComplianceFilter(flow, CharNgramEmbedder()),
+        "population": load_population(flow),
+    }
+
+
+def simulate(parts, db_url, *, backend=None, seed=SEED, population=None, n=N, stop=None,
+             concurrency=4):  # fmt: skip
+    engine = Engine(
+        flow=parts["flow"],
+        classifier=parts["classifier"],
+        backend=backend or Drafts(),
+        compliance=parts["compliance"],
+        store=Store(db_url),
+    )
+    experiment, arms = choose(engine.flow, {}, "hybrid,pure_llm", None, seed)
+    simulation = Simulation(
+        engine, population or parts["population"], experiment, arms, n=n, seed=seed,
+        concurrency=concurrency,
+    )  # fmt: skip
+    result = simulation.run(stop=stop)
+    return engine, experiment, result
+
+
+def stable_report(engine, experiment, run_id) -> dict:
+    """The report minus what legitimately differs between identical runs (clock times)."""
+    payload = build_report(engine.store, experiment.name, run_id=run_id).to_dict()
+    payload.pop("generated_at")
+    payload.pop("latency")
+    payload.pop("database")  # the dialect: the same results on SQLite and PostgreSQL
+    return payload
+
+
+def transcript(engine, run_id) -> list[tuple]:
+    rows = []
+    for c in run_conversations(engine.store, run_id):
+        turns = [(t.user_text, t.script_id, t.stage) for t in engine.store.turns(c.session_id)]
+        rows.append((c.customer_id, c.arm, c.outcome, sorted(c.stages), turns))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def baseline(parts, tmp_path_factory):
+    db = f"sqlite:///{tmp_path_factory.mktemp('baseline') / 'sim.db'}"
+    engine, experiment, result = simulate(parts, db)
+    return engine, experiment, result
+
+
+def test_a_run_stores_everything_like_live_traffic(baseline):
+    engine, experiment, result = baseline
+    assert (result.total, result.done, result.new, result.interrupted) == (
+        2 * N,
+        2 * N,
+        2 * N,
+        False,
+    )
+    with engine.store.transaction() as db:
+        run = db.get(SimulationRun, result.run_id)
+        assert run.status == "finished" and run.finished_at is not None
+        assert run.params["n"] == N and run.params["arms"] == [
+            ["hybrid", "hybrid"],
+            ["pure_llm", "pure_llm"],
+        ]
+        rows = db.scalars(select(Conversation).where(Conversation.run_id == result.run_id)).all()
+    assert len(rows) == 2 * N and all(c.status == "ended" for c in rows)
+    assert {c.experiment for c in rows} == {experiment.name}
+    record = rows[0].assignment
+    assert record["forced"] is True and record["arm"] in ("hybrid", "pure_llm")
+    assert (
+        record["simulation"]["persona"] in engine.flow.folder.joinpath("personas.yaml").read_text()
+    )
+    # paired: every customer is run once in each arm, with the same slots
+    by_customer = {}
+    for c in rows:
+        by_customer.setdefault(c.customer_id, []).append((c.arm, c.slots["customer_name"]))
+    assert len(by_customer) == N
+    assert all(sorted(a for a, _ in v) == ["hybrid", "pure_llm"] and len({s for _, s in v}) == 1
+               for v in by_customer.values())  # fmt: skip
+    # the customer spoke the bank's held-out utterances, and the engine classified them
+    turns = engine.store.turns(rows[0].id)
+    bank = {t for texts in engine_population_texts(rows[0]) for t in texts}
+    assert all(t.user_text in bank for t in turns[1:])
+
+
+def engine_population_texts(_row):
+    population = load_population(load_flow(BROADBAND))
+    return [*population.bank.intents.values(), population.bank.noise]
+
+
+def test_the_report_compares_the_arms_with_a_paired_test(baseline):
+    engine, experiment, result = baseline
+    conversations = run_conversations(engine.store, result.run_id)
+    report = build_report(engine.store, experiment.name, run_id=result.run_id)
+    assert [a.name for a in report.arms] == ["hybrid", "pure_llm"] and report.control == "hybrid"
+    (paired,) = paired_comparisons(conversations, experiment, ["hybrid", "pure_llm"])
+    assert paired.test.pairs == N
+    assert paired.test.rate_a == pytest.approx(report.arms[0].closed.rate)
+    assert paired.test.rate_b == pytest.approx(report.arms[1].closed.rate)
+    assert paired.test.only_a + paired.test.only_b + paired.test.both <= N
+
+
+def test_same_seed_gives_identical_results_and_report(parts, baseline, tmp_path):
+    engine, experiment, result = baseline
+    again, _, result2 = simulate(parts, f"sqlite:///{tmp_path / 'again.db'}")
+    assert result2.run_id == result.run_id  # the run id is a hash of the inputs
+    assert transcript(again, result2.run_id) == transcript(engine, result.run_id)
+    assert stable_report(again, experiment, result2.run_id) == stable_report(
+        engine, experiment, result.run_id
+    )
+
+
+def test_a_different_seed_gives_different_results(parts, baseline, tmp_path):
+    engine, experiment, result = baseline
+    other, _, result8 = simulate(parts, f"sqlite:///{tmp_path / 'seed8.db'}", seed=8)
+    assert result8.run_id != result.run_id
+    base = [(c.arm, c.outcome, c.persona) for c in run_conversations(engine.store, result.run_id)]
+    new = [(c.arm, c.outcome, c.persona) for c in run_conversations(other.store, result8.run_id)]
+    assert base != new
+
+
+def test_an_llm_that_always_falls_back_closes_fewer_calls(parts, baseline, tmp_path):
+    engine, _, result = baseline
+    base = run_conversations(engine.store, result.run_id)
+    broken, _, result_fb = simulate(
+        parts, f"sqlite:///{tmp_path / 'fb.db'}", backend=FakeBackend("")
+    )
+    fell_back = run_conversations(broken.store, result_fb.run_id)
+    assert rate(base, "hybrid") > 0.1  # something to lose
+    for arm in ("hybrid", "pure_llm"):
+        assert rate(fell_back, arm) <= rate(base, arm)
+    assert rate(fell_back, "hybrid") < rate(base, "hybrid")
+    assert rate(fell_back, "hybrid", "hung_up") > rate(base, "hybrid", "hung_up")
+
+
+def test_less_patient_customers_hang_up_more_and_close_less(parts, baseline, tmp_path):
+    engine, _, result = baseline
+    base = run_conversations(engine.store, result.run_id)
+    impatient = parts["population"].adjusted(set_to={"patience": 0.3})
+    other, _, result_p = simulate(parts, f"sqlite:///{tmp_path / 'p.db'}", population=impatient)
+    low = run_conversations(other.store, result_p.run_id)
+    for arm in ("hybrid", "pure_llm"):
+        assert rate(low, arm, "hung_up") > rate(base, arm, "hung_up")
+    assert rate(low, "hybrid") < rate(base, "hybrid")
+
+
+class StopAfter(Drafts):
+    """The LLM boundary, used to interrupt a run in the middle of conversations."""
+
+    def __init__(self, stop: threading.Event, calls: int):
+        super().__init__()
+        self.stop, self.calls = stop, calls
+
+    def generate(self, messages, params, seed=None, session_key=None):
+        if len(self.history) + 1 >= self.calls:
+            self.stop.set()
+        return super().generate(messages, params, seed, session_key)
+
+
+def test_an_interrupted_run_resumes_to_the_same_results(parts, baseline, db_url):
+    engine, experiment, result = baseline
+    stop = threading.Event()
+    first, _, part = simulate(parts, db_url, backend=StopAfter(stop, 25), stop=stop)
+    assert part.interrupted and 0 < part.done < part.total
+    with first.store.transaction() as db:
+        statuses = db.scalars(
+            select(Conversation.status).where(Conversation.run_id == part.run_id)
+        ).all()
+        assert db.get(SimulationRun, part.run_id).status == "interrupted"
+    assert "active" in statuses  # stopped mid-call: the resume must replay these
+    resumed_engine, _, resumed = simulate(parts, db_url)
+    assert resumed.run_id == part.run_id == result.run_id
+    assert resumed.resumed == part.done and resumed.continued == statuses.count("active")
+    assert resumed.done == resumed.total and not resumed.interrupted
+    assert transcript(resumed_engine, resumed.run_id) == transcript(engine, result.run_id)
+    assert stable_report(resumed_engine, experiment, resumed.run_id) == stable_report(
+        engine, experiment, result.run_id
+    )
+    # running a finished run again is a no-op that reports the same
+    _, _, again = simulate(parts, db_url)
+    assert (again.new, again.resumed) == (0, again.total)
+
+
+def test_outcomes_cover_the_flow(baseline):
+    engine, _, result = baseline
+    counts = outcome_counts(run_conversations(engine.store, result.run_id))
+    assert set(counts) == {"hybrid", "pure_llm"}
+    assert counts["hybrid"]["converted"] > 0 and "active" not in counts["hybrid"]
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+def test_simulate_command_writes_the_report_and_resumes(tmp_path):
+    runner = CliRunner()
+    db, out = f"sqlite:///{tmp_path / 'cli.db'}", tmp_path / "report"
+    args = ["simulate", str(BROADBAND), "--n", "6", "--seed", "3", "--db", db, "--out", str(out),
+            "--backend", "script-sampler", "--embedder", "tfidf-char"]  # fmt: skip
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().splitlines()[-1].startswith(f"report: {out / 'report.html'}")
+    assert "McNemar" in result.output and "pure_llm" in result.output
+    for name in ("report.html", "report.md", "report.json", "simulation.md", "simulation.json"):
+        assert (out / name).is_file()
+    saved = json.loads((out / "simulation.json").read_text())
+    assert saved["params"]["n"] == 6 and saved["paired"][0]["test"]["pairs"] == 6
+    again = runner.invoke(main, args)
+    assert (
+        again.exit_code == 0 and "resumed: 12 conversations were already finished" in again.output
+    )
+
+
+def test_simulate_runs_arms_of_a_declared_experiment(tmp_path):
+    db = f"sqlite:///{tmp_path / 'exp.db'}"
+    args = ["simulate", str(BROADBAND), "--experiment", "compliance_threshold", "--n", "3",
+            "--db", db, "--out", str(tmp_path / "r"), "--backend", "script-sampler",
+            "--embedder", "tfidf-char"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "experiment compliance_threshold (experiments.yaml)" in result.output
+    with Store(db).transaction() as session:
+        rows = session.scalars(select(Conversation)).all()
+    strict = [c for c in rows if c.arm == "strict_threshold"]
+    assert len(rows) == 6 and len(strict) == 3
+    stages = strict[0].assignment["overrides"]["stages"]
+    assert stages["pitch"]["compliance"]["threshold"] == 0.65  # the arm's override was applied
+    assert {c.experiment for c in rows} == {"compliance_threshold"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arms", "hybrid,robot"], "unknown mode 'robot'"),
+        (["--arms", "a=hybrid,a=pure_llm"], "arm names must be distinct"),
+        (["--experiment", "nope"], "unknown experiment 'nope'"),
+        (["--experiment", "hybrid_vs_pure_llm", "--arms", "pure_llm"], "control arm 'hybrid'"),
+    ],
+)
+def test_bad_arguments_exit_2(args, message, tmp_path):
+    result = CliRunner().invoke(
+        main, ["simulate", str(BROADBAND), "--db", f"sqlite:///{tmp_path / 'x.db'}", *args]
+    )
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_a_flow_without_personas_exits_2(tmp_path):
+    result = CliRunner().invoke(main, ["simulate", str(ROOT / "tests" / "flows" / "mini")])
+    assert result.exit_code == 2
+    assert "personas.yaml: file is missing" in result.output
+    assert "Traceback" not in result.output
