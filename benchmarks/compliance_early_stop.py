@@ -3,13 +3,14 @@
     python benchmarks/compliance_early_stop.py replay benchmarks/data/compliance_drafts.json
     python benchmarks/compliance_early_stop.py live --contexts 8
 
-``replay`` takes real SmolLM2 drafts (written by ``compliance_prompt.py generate``), cuts each
-into the chunks the TransformersBackend's ``stream`` yields (one decoded token at a time) and
-feeds them to ``stream_and_match`` exactly as the engine does, for several settings of
-``stable_checks`` (k) and the check interval. Stopping early never changes the tokens already
-generated (same seed, same prefix), so the decision on the prefix can be compared with the
-decision on the whole draft: "identical" means the same script, or a fallback in both. Tokens
-saved are the generated tokens that early stop did not need.
+``replay`` takes real SmolLM2 drafts (written by ``compliance_prompt.py generate``; or the
+texts of a labelled pairs file, ``--variants paraphrase`` for the good ones), cuts each into the
+chunks the TransformersBackend's ``stream`` yields (one decoded token at a time) and feeds them
+to ``stream_and_match`` exactly as the engine does, for several settings of ``stable_checks``
+(k), the check interval and the lead over the threshold. Stopping early never changes the
+tokens already generated (same seed, same prefix), so the decision on the prefix can be compared
+with the decision on the whole draft: "identical" means the same script, or a fallback in both.
+Tokens saved are the generated tokens that early stop did not need.
 
 ``live`` runs the real ``TransformersBackend.stream`` twice per draft with the same seed: once
 to the end, once through ``stream_and_match``; it reports wall time for both and checks that
@@ -38,7 +39,7 @@ from engine.compliance import ComplianceFilter, create_embedder, stream_and_matc
 from engine.flow_loader import load_flow  # noqa: E402
 
 FLOW_DIR = ROOT / "flows" / "broadband_en"
-SETTINGS = [(k, every) for k in (1, 2, 3) for every in (2, 3, 4)]
+SETTINGS = [(k, every, lead) for k in (1, 2, 3) for every in (2, 3, 4) for lead in (0.0, 0.05)]
 
 
 def token_chunks(tokenizer, text: str) -> list[str]:
@@ -63,7 +64,16 @@ def replay(args: argparse.Namespace) -> None:
     flow = load_flow(FLOW_DIR)
     flt = ComplianceFilter(flow, create_embedder("minilm"))
     contexts = {c.name: c for c in CONTEXTS}
-    drafts = json.loads(args.drafts.read_text())["drafts"]
+    if args.drafts.suffix == ".csv":  # a pairs file: its texts as if the LLM had drafted them
+        from engine.compliance.calibration import load_pairs
+
+        stage_context = {c.stage: c.name for c in CONTEXTS}
+        drafts = [
+            {"context": stage_context[p.stage], "text": p.text, "variant": p.category}
+            for p in load_pairs(args.drafts, flow)
+        ]
+    else:
+        drafts = json.loads(args.drafts.read_text())["drafts"]
     if args.variants:
         drafts = [d for d in drafts if d["variant"] in args.variants.split(",")]
     cache: dict[str, object] = {}
@@ -85,16 +95,21 @@ def replay(args: argparse.Namespace) -> None:
     accepted_full = sum(a is not None for *_, a in full)
     print(f"{len(full)} drafts, {accepted_full} accepted by the full-draft decision\n")
     print(
-        "| k (stable checks) | every (words) | identical | stopped early | tokens saved "
+        "| k (stable checks) | every (words) | lead | identical | stopped early | tokens saved "
         "(all drafts) | tokens saved (stopped ones) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     results = []
-    for k, every in SETTINGS:
+    for k, every, lead in SETTINGS:
         identical = stopped = total = saved = saved_stopped = total_stopped = 0
         for _d, policy, chunks, decision in full:
             drafted = stream_and_match(
-                iter(chunks), matcher(policy), policy, stable_checks=k, every_words=every
+                iter(chunks),
+                matcher(policy),
+                policy,
+                stable_checks=k,
+                every_words=every,
+                lead=lead,
             )
             early = drafted.match.accepted(policy)
             identical += early == decision
@@ -108,6 +123,7 @@ def replay(args: argparse.Namespace) -> None:
         row = {
             "k": k,
             "every": every,
+            "lead": lead,
             "identical": identical / n,
             "stopped": stopped / n,
             "tokens_saved": saved / total,
@@ -115,7 +131,7 @@ def replay(args: argparse.Namespace) -> None:
         }
         results.append(row)
         print(
-            f"| {k} | {every} | {row['identical']:.1%} | {row['stopped']:.1%} | "
+            f"| {k} | {every} | {lead:g} | {row['identical']:.1%} | {row['stopped']:.1%} | "
             f"{row['tokens_saved']:.1%} | {row['tokens_saved_stopped']:.1%} |"
         )
     if args.json:
@@ -184,7 +200,9 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("replay")
     rep.add_argument("drafts", type=Path)
-    rep.add_argument("--variants", default=None, help="Only these prompt variants (comma list).")
+    rep.add_argument(
+        "--variants", default=None, help="Only these prompt variants / pair categories (a,b)."
+    )
     rep.add_argument("--json", type=Path, default=None)
     liv = sub.add_parser("live")
     liv.add_argument("--contexts", type=int, default=8)

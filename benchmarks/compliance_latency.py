@@ -132,9 +132,10 @@ def main() -> None:
     }
     print(f"machine: {machine}\n")
     print(
-        "| embedder | scripts | p50 ms | p90 ms | p99 ms | embed p50 | search p50 | index build |"
+        "| embedder | scripts | p50 ms | p90 ms | p99 ms | CPU p50 ms | embed p50 | search p50 |"
+        " index build |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         build = "cached" if r["index_from_cache"] else f"{r['index_build_s']:.1f} s"
         print(

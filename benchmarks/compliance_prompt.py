@@ -1,6 +1,8 @@
 """Does showing SmolLM2 the stage's approved lines make its drafts usable? Real drafts, measured.
 
-    python benchmarks/compliance_prompt.py generate --seeds 2      # writes benchmarks/data/...
+    python benchmarks/compliance_prompt.py --threads 1 generate --seeds 2
+    python benchmarks/compliance_prompt.py --threads 1 generate --greedy --seeds 1 \
+        --variants baseline,lines_nearest --append
     python benchmarks/compliance_prompt.py evaluate benchmarks/data/compliance_drafts.json
 
 ``generate`` drafts a reply for every context of ``compliance_contexts.py`` (16 customer turns
@@ -111,9 +113,7 @@ def generate(args: argparse.Namespace) -> None:
         print(
             f"batch {start // args.batch + 1}: {len(items)} drafts in {seconds:.0f} s", flush=True
         )
-        for (variant, context, seed), (messages, _, _), g in zip(
-            chunk, items, generations, strict=True
-        ):
+        for (variant, context, seed), g in zip(chunk, generations, strict=True):
             drafts.append(
                 {
                     "variant": variant + ("+greedy" if args.greedy else ""),
@@ -124,10 +124,11 @@ def generate(args: argparse.Namespace) -> None:
                     "completion_tokens": g.completion_tokens,
                     "finish_reason": g.finish_reason,
                     "text": g.text,
-                    "system": messages[0]["content"],
                 }
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and args.out.exists():
+        drafts = json.loads(args.out.read_text())["drafts"] + drafts
     args.out.write_text(json.dumps({"flow_version": flow.version, "drafts": drafts}, indent=1))
     print(f"wrote {len(drafts)} drafts to {args.out}")
 
@@ -192,6 +193,7 @@ def main() -> None:
     gen.add_argument("--batch", type=int, default=16)
     gen.add_argument("--variants", default=",".join(VARIANTS))
     gen.add_argument("--greedy", action="store_true", help="Greedy decoding instead of sampling.")
+    gen.add_argument("--append", action="store_true", help="Add to the drafts already in --out.")
     gen.add_argument("--out", type=Path, default=ROOT / "benchmarks/data/compliance_drafts.json")
     ev = sub.add_parser("evaluate")
     ev.add_argument("drafts", type=Path)

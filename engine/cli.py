@@ -25,7 +25,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-
 @click.group()
 @click.version_option(package_name="salesbot")
 def main() -> None:
@@ -57,12 +56,18 @@ def schema(file: str) -> None:
     click.echo(json.dumps(json_schema(file), indent=2, ensure_ascii=False))
 
 
-def _build_engine(flow_dir: str, db: str):
+BACKEND_HELP = "LLM backend for this run (default: the flow's llm.backend)."
+
+
+def _build_engine(flow_dir: str, db: str, backend: str | None = None):
     from engine.engine import Engine
 
     _load_flow_or_exit(flow_dir)  # configuration errors exit 2 before any model loads
     with console.status("Loading flow, classifier, embedder and LLM..."):
-        engine = Engine.from_flow_dir(flow_dir, db)
+        try:
+            engine = Engine.from_flow_dir(flow_dir, db, backend_name=backend)
+        except SalesbotError as exc:
+            raise ConfigError(str(exc)) from None
         engine.backend.load()  # type: ignore[attr-defined]
     return engine
 
@@ -84,10 +89,13 @@ def _reply_line(reply) -> None:
 @click.option("--customer-id", default="cli-customer", show_default=True)
 @click.option("--slot", "slots", multiple=True, metavar="NAME=VALUE", help="Repeatable.")
 @click.option("--session", "session_id", default=None, help="Continue an existing session.")
-def chat(flow_dir: str, db: str, customer_id: str, slots: tuple[str, ...], session_id) -> None:
+@click.option("--backend", default=None, help=BACKEND_HELP)
+def chat(
+    flow_dir: str, db: str, customer_id: str, slots: tuple[str, ...], session_id, backend
+) -> None:
     """Talk to a flow in the terminal. Empty line or Ctrl-D hangs up."""
     values = _parse_slots(slots)
-    engine = _build_engine(flow_dir, db)
+    engine = _build_engine(flow_dir, db, backend)
     try:
         if session_id:
             engine.store.get(session_id)
@@ -128,9 +136,10 @@ DEMO_CALLER = [
 @main.command()
 @click.argument("flow_dir", type=click.Path(), default="flows/broadband_en")
 @click.option("--db", default="sqlite:///salesbot.db", show_default=True, help=DB_HELP)
-def demo(flow_dir: str, db: str) -> None:
+@click.option("--backend", default=None, help=BACKEND_HELP)
+def demo(flow_dir: str, db: str, backend: str | None) -> None:
     """Run one scripted call end to end through the real engine and print the transcript."""
-    engine = _build_engine(flow_dir, db)
+    engine = _build_engine(flow_dir, db, backend)
     reply = engine.start("demo-customer", {"customer_name": "Alex"})
     _reply_line(reply)
     for text in DEMO_CALLER:

@@ -79,11 +79,15 @@ class Engine:
         db_url: str = "sqlite:///salesbot.db",
         *,
         backend: LLMBackend | None = None,
-        backend_name: str = "transformers",
+        backend_name: str | None = None,
         backend_options: Mapping[str, Any] | None = None,
         embedder_name: str | None = None,
     ) -> Engine:
-        """Build an engine with the default parts for a flow folder."""
+        """Build an engine with the default parts for a flow folder.
+
+        The LLM backend is the flow's (``llm.backend`` in flow.yaml) unless the deployment names
+        one (``backend_name``); options given here extend the flow's ``llm.backend_options``.
+        """
         flow = load_flow(flow_dir)
         classifier = load_or_train(
             {k: list(v) for k, v in flow.intents.items()},
@@ -98,7 +102,7 @@ class Engine:
         return cls(
             flow=flow,
             classifier=classifier,
-            backend=backend or create_backend(backend_name, **dict(backend_options or {})),
+            backend=backend or _flow_backend(flow, backend_name, backend_options),
             compliance=ComplianceFilter(flow, embedder),
             store=Store(db_url),
             experiments=_load_experiments(flow_dir, flow),
@@ -378,9 +382,7 @@ class Engine:
         before = self.clock()
         try:
             # The backend enforces stage.generation.deadline_s and raises BackendError past it.
-            generation = self.backend.generate(
-                messages, stage.generation, session_key=snapshot.id
-            )
+            generation = self.backend.generate(messages, stage.generation, session_key=snapshot.id)
         except BackendError as exc:
             latencies["generate_ms"] = (self.clock() - before) * 1000
             return None, self.compliance.fallback(plan.stage, policy, snapshot.id, slots), str(exc)
@@ -389,6 +391,19 @@ class Engine:
         result = self.compliance.check(generation.text, plan.stage, policy, snapshot.id, slots)
         latencies["compliance_ms"] = (self.clock() - before) * 1000
         return generation.text, result, None
+
+
+def _flow_backend(flow: Flow, name: str | None, options: Mapping[str, Any] | None) -> LLMBackend:
+    """The flow's backend (or the deployment's choice), loaded now: a lazy load on the first
+    LLM turn would count against that turn's deadline and send its customer a fallback."""
+    if name is None or name == flow.backend:
+        backend = create_backend(flow.backend, **{**flow.backend_options, **dict(options or {})})
+    else:
+        backend = create_backend(name, **dict(options or {}))
+    load = getattr(backend, "load", None)
+    if callable(load):
+        load()
+    return backend
 
 
 @dataclass

@@ -10,7 +10,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 from engine.generation import GenerationParams
 
@@ -90,6 +90,8 @@ class Flow:
     classifier_margin: float | Literal["auto"]
     embedder: str
     persona: str
+    backend: str
+    backend_options: MappingProxyType[str, Any]
     default_generation: GenerationParams
     global_on: MappingProxyType[str, Transition]
     stages: MappingProxyType[str, Stage]

@@ -130,6 +130,14 @@ def _check_references(
         if intents is not None and intent != schema.OUT_OF_SCOPE and intent not in intents.intents:
             problems.add(f, loc, f"intent {intent!r} is not defined in intents.yaml")
 
+    from engine.llm.registry import available_backends
+
+    if flow.llm.backend not in available_backends():
+        problems.add(
+            f,
+            ("llm", "backend"),
+            f"unknown backend {flow.llm.backend!r} (known: {', '.join(available_backends())})",
+        )
     need_stage(flow.start, ("start",))
     need_stage(flow.on_hangup, ("on_hangup",))
     if flow.on_hangup in flow.stages and flow.stages[flow.on_hangup].kind != "end":
@@ -398,6 +406,8 @@ def _compile(
         classifier_max_accuracy_drop=flow.classifier.max_accuracy_drop,
         embedder=flow.compliance.embedder,
         persona=flow.llm.persona,
+        backend=flow.llm.backend,
+        backend_options=MappingProxyType(dict(flow.llm.backend_options)),
         default_generation=generation["__default__"],
         global_on=MappingProxyType({k: transition(v) for k, v in flow.global_.items()}),
         stages=MappingProxyType(stages),

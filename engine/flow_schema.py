@@ -121,6 +121,15 @@ class ComplianceConfig(_Strict):
 class LLMConfig(_Strict):
     persona: str = "You are a polite phone sales agent."
     generation: GenerationOverrides | None = None
+    backend: Name = Field(
+        "transformers",
+        description="LLM backend: transformers (batched offline simulation), llamacpp (CPU "
+        "serving), openai (any OpenAI-compatible server: vLLM, TGI, llama.cpp server, Ollama). "
+        "A deployment may override it (CLI --backend).",
+    )
+    backend_options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword options of the backend (model, dtype, ...)."
+    )
 
 
 class FlowFile(_Strict):

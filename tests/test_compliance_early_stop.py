@@ -207,3 +207,13 @@ def test_more_stable_checks_read_more_of_the_stream(stable_checks):
         backend.stream([], GenerationParams()), matcher(flt), POLICY, stable_checks=stable_checks
     )
     assert drafted.stopped_early and drafted.checks == stable_checks
+
+
+def test_a_match_too_close_to_the_threshold_never_stops_the_stream():
+    flt = ComplianceFilter(FLOW, CharNgramEmbedder())
+    backend = StreamingFakeBackend(default=ON_SCRIPT)
+    drafted = stream_and_match(
+        backend.stream([], GenerationParams()), matcher(flt), POLICY, stable_checks=2, lead=0.6
+    )
+    assert not drafted.stopped_early and drafted.text == ON_SCRIPT
+    assert drafted.match.accepted(POLICY) == "pitch.speed"  # decided, as always, on the text

@@ -85,3 +85,44 @@ def test_stream_yields_the_same_text_as_generate(backend):
 def test_beam_search_is_refused_not_ignored(backend):
     with pytest.raises(BackendError, match="beam"):
         backend.generate(MESSAGES, GenerationParams(num_beams=2, deadline_s=120))
+
+
+def flow_with_llm_block(tmp_path, block: str):
+    import shutil
+
+    from tests.test_engine import MINI
+
+    folder = tmp_path / "flow"
+    shutil.copytree(MINI, folder)
+    path = folder / "flow.yaml"
+    text = path.read_text()
+    path.write_text(text.replace("llm:\n", f"llm:\n{block}", 1))
+    return folder
+
+
+def test_the_flow_chooses_its_backend_and_a_deployment_may_override_it(tmp_path):
+    from engine.engine import _flow_backend
+    from engine.flow_loader import load_flow
+    from engine.llm.transformers_backend import TransformersBackend
+
+    flow = load_flow(flow_with_llm_block(tmp_path, "  backend: llamacpp\n"))
+    assert (flow.backend, isinstance(_flow_backend(flow, None, None), LlamaCppBackend)) == (
+        "llamacpp",
+        True,
+    )
+    assert isinstance(_flow_backend(flow, "transformers", None), TransformersBackend)
+
+
+def test_unknown_backend_in_flow_is_a_validation_error(tmp_path):
+    from engine.errors import FlowValidationError
+    from engine.flow_loader import load_flow
+
+    folder = flow_with_llm_block(tmp_path, "  backend: vllm_magic\n")
+    with pytest.raises(FlowValidationError) as info:
+        load_flow(folder)
+    (problem,) = info.value.problems
+    assert problem.field == "llm.backend" and "llamacpp" in problem.message
+    assert (
+        problem.line
+        == (folder / "flow.yaml").read_text().splitlines().index("  backend: vllm_magic") + 1
+    )

@@ -2,9 +2,12 @@
 
 In strict mode the customer hears an approved script, never the draft, so generating the rest of
 a draft whose nearest script is already clear only costs time. The draft is matched every few
-complete words; once the same script has been accepted (threshold, margin and hard rules) for
-``stable_checks`` checks in a row, the stream is closed, which must stop generation (the backend
-contract for ``stream``). A stream that never settles runs to its end and is judged whole.
+complete words; once the same script has been accepted (threshold, margin and hard rules) with
+a score at least ``lead`` above the threshold for ``stable_checks`` checks in a row, the stream is
+closed, which must stop generation (the backend contract for ``stream``). A stream that never
+settles runs to its end and is judged whole. The decision is then made, as always, on exactly
+the text generated. Defaults (2 checks, every 3 words, lead 0.05) come from replaying real
+SmolLM2 drafts: see benchmarks/compliance_early_stop.py and docs/benchmarks.md.
 
 Not used in pass mode: there the draft itself is sent, and a cut draft is a broken sentence.
 """
@@ -23,6 +26,7 @@ from engine.llm.base import BackendError
 
 EVERY_WORDS = 3  # complete words between two checks
 MIN_WORDS = 4  # no check before this many words: openings ("Great, so") match anything
+LEAD = 0.05  # a check counts towards stopping only this far above the threshold
 _LAST_SPACE = re.compile(r"\s(?=\S*$)")
 
 
@@ -58,6 +62,7 @@ def stream_and_match(
     stable_checks: int = 2,
     every_words: int = EVERY_WORDS,
     min_words: int = MIN_WORDS,
+    lead: float = LEAD,
 ) -> StreamedDraft:
     """Consume ``stream`` until the accepted script is stable for ``stable_checks`` checks.
 
@@ -84,6 +89,8 @@ def stream_and_match(
             last = matcher(head)
             checks += 1
             script = last.accepted(policy)
+            if script is not None and last.top_k[0][1] < policy.threshold + lead:
+                script = None  # accepted, but too close to the line to bet the rest on it
             same = script is not None and script == last_script
             streak = streak + 1 if same else int(script is not None)
             last_script = script

@@ -12,9 +12,10 @@ request waits only ``max_wait_ms``. Requests with different generation parameter
 batch when the inner backend handles per-row parameters (``mixed_params=True``, the in-process
 backend does); otherwise they are grouped by parameters.
 
-Every caller waits at most its own ``params.deadline_s`` (queueing included): past it the call
-raises ``DeadlineExceeded`` and the engine sends the fallback, while the batch carries on for the
-others (the row is told its deadline, so the inner backend stops decoding it).
+Every caller waits at most its own ``params.deadline_s`` (queueing included). Its row is told a
+deadline slightly earlier, so the inner backend cuts the draft there and the caller gets it in
+time; a caller whose request produced nothing by then gets ``DeadlineExceeded`` and the engine
+sends the fallback, while the batch carries on for the others.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 
 from engine.generation import GenerationParams
 from engine.llm.base import BackendError, BatchItem, ChatMessage, DeadlineExceeded, Generation
+
+CUT_MARGIN_S = 0.25  # how much earlier than the caller's deadline a row's decoding is cut
 
 
 @dataclass
@@ -93,14 +96,19 @@ class BatchingBackend:
             raise BackendError("the batching backend was closed")
         deadline = time.perf_counter() + params.deadline_s
         future: Future = Future()
-        item = BatchItem(messages, params, seed, session_key, deadline_at=deadline)
+        # The row is cut a little before the caller stops waiting, so a draft cut at the
+        # deadline still reaches the caller (and the compliance filter) in time.
+        cut = deadline - min(CUT_MARGIN_S, 0.1 * params.deadline_s)
+        item = BatchItem(messages, params, seed, session_key, deadline_at=cut)
         self._ensure_worker()
         self._queue.put(_Request(item, future))
         try:
             generation = future.result(timeout=max(0.0, deadline - time.perf_counter()))
         except FutureTimeout:
             raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s") from None
-        if generation.finish_reason == "deadline":
+        if generation.finish_reason == "error":
+            raise BackendError("the backend failed on this request")
+        if generation.finish_reason == "deadline" and not generation.text:
             raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s")
         return generation
 

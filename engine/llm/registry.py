@@ -79,3 +79,12 @@ def _openai(**options: Any) -> LLMBackend:
 
 register_backend("transformers", _transformers)
 register_backend("openai", _openai)
+
+
+def _llamacpp(**options: Any) -> LLMBackend:
+    from engine.llm.llamacpp_backend import LlamaCppBackend
+
+    return _checked(LlamaCppBackend, "llamacpp", options)
+
+
+register_backend("llamacpp", _llamacpp)

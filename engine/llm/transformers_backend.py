@@ -6,8 +6,13 @@ torch already uses every core for one forward pass, so two generations at once o
 both slower. Concurrency comes from batching instead (``generate_batch``, or
 :class:`engine.llm.batching.BatchingBackend` in front of this backend).
 
-``params.deadline_s`` bounds the whole call, waiting for the lock included; past it the call
-raises :class:`DeadlineExceeded` and the engine sends the stage's fallback.
+``params.deadline_s`` bounds the whole call, waiting for the lock included. Decoding stops at
+the first step past it: a draft cut there is returned (``finish_reason="deadline"``) and the
+compliance filter judges it like any draft, which in strict mode still picks a whole approved
+script, or the fallback when the cut draft matches nothing; with no token yet (the model busy,
+the prompt still being encoded) the call raises :class:`DeadlineExceeded` and the engine sends
+the stage's fallback. A decode step is not interrupted, so the overshoot is at most one step
+(tens of milliseconds on an idle CPU).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class TransformersBackend:
         self._lock = threading.Lock()
         self.cache = SessionKVCache(cache_mb)
         self._decoder = None
+        self.clock = time.perf_counter  # deadlines are measured on it (tests may replace it)
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -85,7 +91,12 @@ class TransformersBackend:
 
         self._model, self._tokenizer, self.precision = model, tokenizer, precision
         self._decoder = Decoder(
-            model, self.cache, eos_ids=eos_ids, pad_id=pad, device=precision.device
+            model,
+            self.cache,
+            eos_ids=eos_ids,
+            pad_id=pad,
+            device=precision.device,
+            clock=lambda: self.clock(),
         )
         self.max_positions = getattr(model.config, "max_position_embeddings", None) or 1 << 30
         return self
@@ -127,8 +138,8 @@ class TransformersBackend:
         session_key: str | None = None,
     ) -> Generation:
         item = BatchItem(messages, params, seed, session_key)
-        generation = self._run([item], time.perf_counter() + params.deadline_s)[0]
-        if generation.finish_reason == "deadline":
+        generation = self._run([item], self.clock() + params.deadline_s)[0]
+        if generation.finish_reason == "deadline" and not generation.text:
             raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s")
         return generation
 
@@ -138,7 +149,7 @@ class TransformersBackend:
         batch = [BatchItem.of(item) for item in items]
         if not batch:
             return []
-        started = time.perf_counter()
+        started = self.clock()
         lock_deadline = started + max(item.params.deadline_s for item in batch)
         return self._run(batch, lock_deadline)
 
@@ -150,21 +161,22 @@ class TransformersBackend:
         session_key: str | None = None,
     ) -> Iterator[str]:
         """Text chunks as they are decoded. Closing the iterator stops generation at once and
-        frees the model for the next caller; past the deadline it raises ``DeadlineExceeded``."""
-        deadline = time.perf_counter() + params.deadline_s
+        frees the model for the next caller. At the deadline the stream ends where it is (it
+        raises ``DeadlineExceeded`` only if it had produced nothing)."""
+        deadline = self.clock() + params.deadline_s
         self._acquire(deadline)
         try:
             row = self._row(BatchItem(messages, params, seed, session_key), deadline)
             emitted = ""
             for _ in self._decoder.steps([row], self._stop_check):
-                if row.finish == "deadline":
-                    raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s")
                 text = self._text(row.generated, params, strip=False).lstrip()
                 if text.endswith("\ufffd"):
                     continue  # half of a multi-byte character: wait for the rest
                 if len(text) > len(emitted) and text.startswith(emitted):
                     yield text[len(emitted) :]
                     emitted = text
+            if row.finish == "deadline" and not row.generated:
+                raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s")
             final = self._text(row.generated, params)
             if len(final) > len(emitted) and final.startswith(emitted):
                 yield final[len(emitted) :]  # what was held back (a character never completed)
@@ -179,7 +191,7 @@ class TransformersBackend:
 
     def _acquire(self, deadline: float) -> None:
         self.load()
-        if not self._lock.acquire(timeout=max(0.0, deadline - time.perf_counter())):
+        if not self._lock.acquire(timeout=max(0.0, deadline - self.clock())):
             raise DeadlineExceeded("the model stayed busy past the deadline")
 
     def _row(self, item: BatchItem, deadline: float):
@@ -200,7 +212,7 @@ class TransformersBackend:
         )
 
     def _run(self, batch: list[BatchItem], lock_deadline: float) -> list[Generation]:
-        started = time.perf_counter()
+        started = self.clock()
         self._acquire(lock_deadline)
         try:
             rows = [self._row(item, started + item.params.deadline_s) for item in batch]
@@ -217,7 +229,7 @@ class TransformersBackend:
             raise BackendError(f"transformers generation failed: {exc}") from exc
         finally:
             self._lock.release()
-        seconds = time.perf_counter() - started
+        seconds = self.clock() - started
         return [
             Generation(
                 text=self._text(row.generated, row.params),
