@@ -17,7 +17,6 @@ from pathlib import Path
 
 import click
 from rich import box
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -31,15 +30,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from engine.cli_common import DB_HELP, ConfigError, console
 from engine.errors import FlowValidationError, SalesbotError
 
-console = Console()
 DEFAULT_N = 100
 DEFAULT_BATCH = 32
-
-
-class ConfigError(click.ClickException):
-    exit_code = 2
 
 
 class RateColumn(ProgressColumn):
@@ -64,14 +59,20 @@ def _p(value: float | None) -> str:
     return "<0.0001" if value < 0.0001 else f"{value:.4f}"
 
 
-def _build_backend(name: str, flow, batch: int):
-    """The LLM backend, batched across conversations (see engine.simulation.batching)."""
+def _build_backend(name: str | None, flow, batch: int):
+    """The flow's LLM backend (``llm.backend``) or the one named, batched across conversations
+    (see engine.simulation.batching)."""
     from engine.llm import create_backend
     from engine.simulation import standin  # noqa: F401  (registers script-sampler)
     from engine.simulation.batching import simulation_backend
 
-    options = {"flow": flow} if name == "script-sampler" else {}
-    return simulation_backend(create_backend(name, **options), max_batch=batch)
+    if name is None or name == flow.backend:
+        backend = create_backend(flow.backend, **dict(flow.backend_options))
+    elif name == "script-sampler":
+        backend = create_backend(name, flow=flow)
+    else:
+        backend = create_backend(name)
+    return simulation_backend(backend, max_batch=batch)
 
 
 def summary_table(report, paired, result, seconds: float) -> Table:
@@ -157,12 +158,11 @@ def simulation_markdown(report, paired, params: dict, report_name: str) -> str:
 @click.option("--n", "n", default=DEFAULT_N, show_default=True, type=click.IntRange(1),
               help="Simulated customers; each one is run in every arm.")  # fmt: skip
 @click.option("--seed", default=7, show_default=True, type=click.IntRange(0))
-@click.option("--db", default="sqlite:///salesbot.db", show_default=True,
-              help="SQLAlchemy URL of the conversation store, as for live traffic.")  # fmt: skip
+@click.option("--db", default="sqlite:///salesbot.db", show_default=True, help=DB_HELP)
 @click.option("--out", "out_dir", default=None, type=click.Path(),
               help="Report folder [default: reports/RUN_ID].")  # fmt: skip
-@click.option("--backend", default="transformers", show_default=True,
-              help="LLM backend; script-sampler: a no-model stand-in.")  # fmt: skip
+@click.option("--backend", default=None,
+              help="LLM backend [default: the flow's]; script-sampler: no model.")  # fmt: skip
 @click.option("--embedder", default=None, help="Compliance embedder [default: the flow's].")
 @click.option("--batch", default=DEFAULT_BATCH, show_default=True, type=click.IntRange(1),
               help="Most LLM calls per forward pass (1: no batching).")  # fmt: skip
@@ -177,7 +177,7 @@ def simulate(
     seed: int,
     db: str,
     out_dir: str | None,
-    backend: str,
+    backend: str | None,
     embedder: str | None,
     batch: int,
     concurrency: int | None,

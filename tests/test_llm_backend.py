@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -90,6 +91,31 @@ def test_a_busy_model_fails_at_the_deadline_instead_of_queueing_forever():
             backend.generate(conversation(1), GREEDY.model_copy(update={"deadline_s": 0.2}))
     finally:
         backend._lock.release()
+
+
+def test_a_draft_cut_at_the_deadline_is_returned_for_the_filter_to_judge():
+    backend = tiny_backend()
+    ticks = iter(range(10_000))
+    backend.clock = lambda: float(next(ticks))  # every reading of the clock is a second later
+    long = GREEDY.model_copy(update={"max_new_tokens": 200, "deadline_s": 12})
+    out = backend.generate(conversation(1), long)
+    assert out.finish_reason == "deadline" and out.text and 0 < out.completion_tokens < 200
+    streamed = "".join(backend.stream(conversation(1), long)).strip()  # a stream ends there
+    backend.clock = time.perf_counter
+    whole = backend.generate(conversation(1), long)
+    assert whole.finish_reason != "deadline" and len(whole.text) > len(out.text)
+    assert whole.text.startswith(out.text) and streamed and whole.text.startswith(streamed)
+
+
+def test_batched_callers_get_their_cut_drafts_before_their_deadline():
+    inner = tiny_backend()
+    inner.model.register_forward_hook(lambda *args: time.sleep(0.05))  # a slow model
+    batching = BatchingBackend(inner, max_wait_ms=20)
+    slow = GREEDY.model_copy(update={"max_new_tokens": 1000, "deadline_s": 2.0})
+    results, errors = run_threads(batching, [(conversation(i), slow, None) for i in range(3)])
+    assert not errors
+    assert all(r.finish_reason == "deadline" and 0 < r.completion_tokens < 1000 for r in results)
+    batching.close()
 
 
 def test_decoding_stops_a_row_at_its_deadline_and_keeps_the_others():

