@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from engine.errors import SalesbotError
+from engine.hardware import cpu_has_native_bf16
 
 ENTRY_POINT_GROUP = "salesbot.embedders"
 QUERY_BATCH = 8  # batches up to this size are queries (drafts), embedded on one thread
@@ -71,16 +72,6 @@ def _torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: oneDNN runs bf16 matmuls natively (elsewhere they are emulated and
-    slower than fp32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 class MiniLMEmbedder:

