@@ -151,6 +151,7 @@ def serve(
             db,
             backend_name=settings.backend,
             backend_options=settings.backend_options,
+            pool_size=settings.threads,
         )
     except SalesbotError as exc:
         raise ConfigError(str(exc)) from None

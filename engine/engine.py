@@ -10,6 +10,10 @@ A turn has three phases:
    this session was written since the read (optimistic concurrency), and writes the turn, stage
    events, compliance audit row and the updated snapshot together. On a conflict the turn is
    computed again from the new state, so turns of one session are serialised.
+
+The read is one statement that also finds a turn already stored under the request's
+idempotency key; reads and writes of the turn path use SQLAlchemy Core rows, not ORM objects
+(see storage/repository.py).
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy.orm import Session
 
 from engine.compliance import ComplianceFilter, ComplianceResult, create_embedder
 from engine.compliance.early_stop import streamed_reply
@@ -39,8 +41,8 @@ from engine.reply import Reply
 from engine.text import storable
 from intents import IntentClassifier, IntentPrediction, load_or_train
 from storage import Store
-from storage.models import ComplianceDecision, Conversation, StageEvent, Turn, utcnow
-from storage.repository import Snapshot, reply_from_turn
+from storage.models import StageEvent, Turn, utcnow
+from storage.repository import Snapshot, reply_from_row
 
 MAX_ATTEMPTS = 5  # optimistic-concurrency retries before giving up on a contended session
 HISTORY_TURNS = 8  # earlier turns read for the LLM prompt
@@ -82,11 +84,13 @@ class Engine:
         backend_name: str | None = None,
         backend_options: Mapping[str, Any] | None = None,
         embedder_name: str | None = None,
+        pool_size: int | None = None,
     ) -> Engine:
         """Build an engine with the default parts for a flow folder.
 
         The LLM backend is the flow's (``llm.backend`` in flow.yaml) unless the deployment names
         one (``backend_name``); options given here extend the flow's ``llm.backend_options``.
+        ``pool_size``: database connections to keep (the threads calling the engine at once).
         """
         flow = load_flow(flow_dir)
         classifier = load_or_train(
@@ -104,7 +108,7 @@ class Engine:
             classifier=classifier,
             backend=backend or _flow_backend(flow, backend_name, backend_options),
             compliance=ComplianceFilter(flow, embedder),
-            store=Store(db_url),
+            store=Store(db_url, pool_size=pool_size),
             experiments=_load_experiments(flow_dir, flow),
         )
 
@@ -158,25 +162,25 @@ class Engine:
         )
         decision = entry(self.flow, self.flow.start, None, mode, "start")  # type: ignore[arg-type]
         planned = self._plan(snapshot, decision, None, None, started, {}, arm_flow)
-        with self.store.transaction() as db:
-            conversation = Conversation(
-                id=snapshot.id,
-                flow_name=self.flow.name,
-                flow_version=self.flow.version,
-                customer_id=storable(str(customer_id)),
-                arm=arm_name,
-                experiment=experiment,
-                assignment=record,
-                run_id=run_id,
-                slots=resolved,
-                stage=self.flow.start,
-                stage_turns=0,
-                turn_count=0,
-                status="active",
-            )
-            db.add(conversation)
-            db.flush()
-            self._write(db, conversation, planned)
+        now = utcnow()
+        conversation = {
+            "id": snapshot.id,
+            "flow_name": self.flow.name,
+            "flow_version": self.flow.version,
+            "customer_id": storable(str(customer_id)),
+            "arm": arm_name,
+            "experiment": experiment,
+            "assignment": record,
+            "run_id": run_id,
+            "slots": resolved,
+            "status": "active",
+            "outcome": None,
+            "end_reason": None,
+            "created_at": now,
+            "ended_at": None,
+            **self._changes(planned),
+        }
+        self.store.create_conversation(conversation, planned.turn, planned.events, planned.audit)
         self._remember_arm(snapshot.id, (mode, arm_flow))
         return planned.reply
 
@@ -188,11 +192,9 @@ class Engine:
         """
         for _ in range(MAX_ATTEMPTS):
             with self._session_lock(session_id):
-                if idempotency_key is not None:
-                    stored = self.store.reply_for_key(session_id, idempotency_key)
-                    if stored is not None:
-                        return stored
-                snapshot = self.store.snapshot(session_id, history=HISTORY_TURNS)
+                snapshot, stored = self.store.read_turn(session_id, idempotency_key, HISTORY_TURNS)
+                if stored is not None:
+                    return stored
                 if snapshot.status != "active":
                     raise SessionEnded(session_id, snapshot.outcome)
                 started = self.clock()
@@ -205,13 +207,17 @@ class Engine:
                 planned = self._plan(
                     snapshot, decision, text, prediction, started, latencies, arm_flow
                 )
-                planned.turn.idempotency_key = idempotency_key
-                with self.store.locked(session_id) as (db, conversation):
-                    if conversation.turn_count != snapshot.turn_count:
-                        continue  # another process wrote a turn meanwhile: compute again
-                    if conversation.status != "active":
-                        raise SessionEnded(session_id, conversation.outcome)
-                    self._write(db, conversation, planned)
+                planned.turn["idempotency_key"] = idempotency_key
+                written = self.store.write_turn(
+                    session_id,
+                    snapshot.turn_count,
+                    self._changes(planned),
+                    planned.turn,
+                    planned.events,
+                    planned.audit,
+                )  # raises SessionEnded if the session ended meanwhile
+                if not written:
+                    continue  # another process wrote a turn meanwhile: compute again
                 return planned.reply
         raise ConcurrentTurns(session_id)
 
@@ -264,7 +270,9 @@ class Engine:
         """(mode, arm flow) of a session: from its stored assignment, remembered per process."""
         known = self._session_arms.get(snapshot.id)
         if known is None:
-            record = self.store.get(snapshot.id).assignment or {}
+            record = snapshot.assignment
+            if record is None:
+                record = self.store.get(snapshot.id).assignment or {}
             known = (record.get("mode") or snapshot.arm, self._arm_flow(record))
             self._remember_arm(snapshot.id, known)
         return known  # type: ignore[return-value]
@@ -299,66 +307,67 @@ class Engine:
             )
             reply_text, script_id, source = result.text, result.script_id, result.source
         latencies["total_ms"] = (self.clock() - started) * 1000
-        intent = prediction.intent if prediction else None
-        confidence = prediction.confidence if prediction else None
-        margin = prediction.margin if prediction else None
-        turn = Turn(
-            conversation_id=snapshot.id,
-            turn_index=turn_index,
-            user_text=storable(text) if text is not None else None,
-            reply_text=reply_text,
-            script_id=script_id,
-            stage_before=None if text is None else snapshot.stage,
-            stage=decision.stage,
-            source=source,
-            intent=intent,
-            confidence=confidence,
-            margin=margin,
-            variant=result.variant if result else None,
-            latencies=latencies,
-        )
+        now = utcnow()
+        turn = {
+            "conversation_id": snapshot.id,
+            "turn_index": turn_index,
+            "user_text": storable(text) if text is not None else None,
+            "reply_text": reply_text,
+            "script_id": script_id,
+            "stage_before": None if text is None else snapshot.stage,
+            "stage": decision.stage,
+            "source": source,
+            "intent": prediction.intent if prediction else None,
+            "confidence": prediction.confidence if prediction else None,
+            "margin": prediction.margin if prediction else None,
+            "variant": result.variant if result else None,
+            "latencies": latencies,
+            "idempotency_key": None,
+            "created_at": now,
+        }
         events = [
-            StageEvent(conversation_id=snapshot.id, turn_index=turn_index, stage=stage)
-            for stage in decision.entered
+            dict(conversation_id=snapshot.id, turn_index=turn_index, stage=s, created_at=now)
+            for s in decision.entered
         ]
         audit = None
         if result is not None:
-            audit = ComplianceDecision(
-                conversation_id=snapshot.id,
-                turn_index=turn_index,
-                stage=decision.reply.stage,
-                raw_text=storable(raw) if raw is not None else None,
-                decision=result.decision,
-                script_id=result.script_id,
-                variant=result.variant,
-                score=result.score,
-                threshold=result.threshold,
-                top_k=result.audit_top_k(),
-                rule_hits=[hit.as_dict() for hit in result.rule_hits],
-                embedder=self.compliance.embedder_name,
-                library_hash=self.flow.library_hash,
-                error=error,
-                latencies={"embed_ms": result.embed_ms, "match_ms": result.match_ms},
-            )
-        reply = reply_from_turn(turn, outcome=decision.outcome)
+            audit = {
+                "conversation_id": snapshot.id,
+                "turn_index": turn_index,
+                "stage": decision.reply.stage,
+                "raw_text": storable(raw) if raw is not None else None,
+                "decision": result.decision,
+                "script_id": result.script_id,
+                "variant": result.variant,
+                "score": result.score,
+                "threshold": result.threshold,
+                "top_k": result.audit_top_k(),
+                "rule_hits": [hit.as_dict() for hit in result.rule_hits],
+                "embedder": self.compliance.embedder_name,
+                "library_hash": self.flow.library_hash,
+                "error": error,
+                "latencies": {"embed_ms": result.embed_ms, "match_ms": result.match_ms},
+                "created_at": now,
+            }
+        reply = reply_from_row(turn, outcome=decision.outcome)
         return PlannedTurn(reply, turn, events, audit, decision)
 
     @staticmethod
-    def _write(db: Session, conversation: Conversation, planned: PlannedTurn) -> None:
-        db.add(planned.turn)
-        db.add_all(planned.events)
-        if planned.audit is not None:
-            db.add(planned.audit)
+    def _changes(planned: PlannedTurn) -> dict[str, Any]:
+        """The conversation's new snapshot after ``planned`` (column -> value)."""
         decision = planned.decision
-        conversation.stage = decision.stage
-        conversation.stage_turns = decision.stage_turns
-        conversation.turn_count = planned.turn.turn_index
-        conversation.updated_at = utcnow()
+        now = planned.turn["created_at"]
+        changes = {
+            "stage": decision.stage,
+            "stage_turns": decision.stage_turns,
+            "turn_count": planned.turn["turn_index"],
+            "updated_at": now,
+        }
         if decision.outcome is not None:
-            conversation.status = "ended"
-            conversation.outcome = decision.outcome
-            conversation.end_reason = decision.reason
-            conversation.ended_at = conversation.updated_at
+            changes.update(
+                status="ended", outcome=decision.outcome, end_reason=decision.reason, ended_at=now
+            )
+        return changes
 
     def _llm_reply(
         self,
@@ -408,10 +417,11 @@ def _flow_backend(flow: Flow, name: str | None, options: Mapping[str, Any] | Non
 
 @dataclass
 class PlannedTurn:
-    """The rows one turn will write and the reply it will return."""
+    """The rows one turn will write (``turns``, ``stage_events`` and ``compliance_decisions``
+    columns -> values) and the reply it will return."""
 
     reply: Reply
-    turn: Turn
-    events: list[StageEvent]
-    audit: ComplianceDecision | None
+    turn: dict[str, Any]
+    events: list[dict[str, Any]]
+    audit: dict[str, Any] | None
     decision: Decision

@@ -1,28 +1,105 @@
 """The Store: one object that owns the database engine and the transaction rules.
 
-Every turn is one transaction that first locks its conversation: ``SELECT ... FOR UPDATE`` on
-PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite (which takes the database's write lock at the start
-rather than at the first write, so two processes cannot interleave a read-modify-write).
+Every turn is one transaction that first locks its conversation: on PostgreSQL the conditional
+``UPDATE conversations ... WHERE id = :id AND turn_count = :seen`` that opens the write takes the
+row lock (a concurrent writer waits for it, then re-checks the condition and matches nothing),
+on SQLite ``BEGIN IMMEDIATE`` takes the database's write lock at the start rather than at the
+first write, so two processes cannot interleave a read-modify-write. Other locked work
+(:meth:`Store.locked`) uses ``SELECT ... FOR UPDATE``.
+
+The per-turn path (:meth:`Store.read_turn`, :meth:`Store.write_turn`) is SQLAlchemy Core, not
+the ORM: one statement on an autocommit connection for the read (snapshot, recent history and
+the idempotency lookup together) and one short transaction for the write (update, inserts,
+commit). Pooled connections are not pinged before use (``pool_pre_ping`` costs a round trip per
+checkout); a connection found dead when a turn starts invalidates the pool and the statement is
+retried once on a fresh connection, so the service recovers by itself after a database restart
+and an outage surfaces as an ``OperationalError`` (a 503 in the HTTP service).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import and_, bindparam, create_engine, event, insert, or_, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from engine.errors import SessionNotFound
+from engine.errors import SessionEnded, SessionNotFound
 from engine.reply import Reply
 from storage import migrate
 from storage.models import ComplianceDecision, Conversation, StageEvent, Turn
 
 DEFAULT_URL = "sqlite:///salesbot.db"
+POOL_SIZE = 5  # SQLAlchemy's default; size it to the threads that use the store at once
+POOL_RECYCLE_S = 1800  # replace pooled connections older than this (idle timeouts, failovers)
+READ_OPTION = "salesbot_read"  # execution option: a read-only connection (see make_engine)
+T = TypeVar("T")
+
+_conversations = Conversation.__table__
+_turns = Turn.__table__
+_stage_events = StageEvent.__table__
+_audits = ComplianceDecision.__table__
+_SNAPSHOT_COLUMNS = (
+    _conversations.c.id,
+    _conversations.c.arm,
+    _conversations.c.stage,
+    _conversations.c.stage_turns,
+    _conversations.c.turn_count,
+    _conversations.c.status,
+    _conversations.c.outcome,
+    _conversations.c.slots,
+    _conversations.c.assignment,
+)
+_TURN_COLUMNS = (
+    _turns.c.turn_index,
+    _turns.c.user_text,
+    _turns.c.reply_text,
+    _turns.c.script_id,
+    _turns.c.stage.label("turn_stage"),
+    _turns.c.source,
+    _turns.c.intent,
+    _turns.c.confidence,
+    _turns.c.margin,
+    _turns.c.variant,
+    _turns.c.latencies,
+    _turns.c.idempotency_key,
+)
+
+
+def _read_statement(with_key: bool):
+    """Conversation ``:conversation_id`` joined with its last ``:history`` turns (and, with a
+    key, the turn stored under ``:key``). Built once: building a statement costs more CPU
+    than SQLAlchemy's compiled cache saves."""
+    c, t = _conversations, _turns
+    wanted = t.c.turn_index > c.c.turn_count - bindparam("history")
+    if with_key:
+        wanted = or_(wanted, t.c.idempotency_key == bindparam("key"))
+    return (
+        select(*_SNAPSHOT_COLUMNS, *_TURN_COLUMNS)
+        .select_from(c.outerjoin(t, and_(t.c.conversation_id == c.c.id, wanted)))
+        .where(c.c.id == bindparam("conversation_id"))
+        .order_by(t.c.turn_index)
+    )
+
+
+_READ = {False: _read_statement(False), True: _read_statement(True)}
+# The SET clause comes from the execution parameters (the conversation's changes).
+_GUARDED_UPDATE = update(_conversations).where(
+    _conversations.c.id == bindparam("w_id"),
+    _conversations.c.turn_count == bindparam("w_seen"),
+    _conversations.c.status == "active",
+)
+_STATE = select(_conversations.c.turn_count, _conversations.c.status, _conversations.c.outcome)
+_INSERT_CONVERSATION = insert(_conversations)
+_INSERT_TURN = insert(_turns)
+_INSERT_EVENTS = insert(_stage_events)
+_INSERT_AUDIT = insert(_audits)
 
 
 @dataclass(frozen=True)
@@ -38,6 +115,7 @@ class Snapshot:
     outcome: str | None
     slots: dict[str, Any]
     history: tuple[tuple[str | None, str], ...]  # (customer text, bot reply), oldest first
+    assignment: dict[str, Any] | None = None  # the experiment record, when it was read too
 
 
 def reply_from_turn(turn: Turn, outcome: str | None) -> Reply:
@@ -59,10 +137,45 @@ def reply_from_turn(turn: Turn, outcome: str | None) -> Reply:
     )
 
 
-def make_engine(url: str) -> SAEngine:
-    """A SQLAlchemy engine with the per-backend settings salesbot relies on."""
+def reply_from_row(row: Mapping[str, Any], outcome: str | None) -> Reply:
+    """The Reply of a turn given as a mapping of ``turns`` columns (a row about to be
+    inserted, or one read by :meth:`Store.read_turn`, whose stage is ``turn_stage``)."""
+    return Reply(
+        session_id=row["conversation_id"],
+        turn_index=row["turn_index"],
+        text=row["reply_text"],
+        script_id=row["script_id"],
+        stage=row["stage"] if "stage" in row else row["turn_stage"],
+        source=row["source"],
+        intent=row["intent"],
+        confidence=row["confidence"],
+        margin=row["margin"],
+        variant=row["variant"],
+        ended=outcome is not None,
+        outcome=outcome,
+        latencies_ms=dict(row["latencies"] or {}),
+    )
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+
+
+def make_engine(url: str, pool_size: int | None = None) -> SAEngine:
+    """A SQLAlchemy engine with the per-backend settings salesbot relies on.
+
+    Client-server databases get a pool of ``pool_size`` connections (size it to the threads
+    that use the store at once: connections beyond it are overflow, opened and closed per use)
+    and no ``pool_pre_ping`` (see the module docstring for how disconnects are handled).
+    """
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, future=True)
+        size = pool_size or POOL_SIZE
+        return create_engine(
+            url,
+            pool_size=size,
+            max_overflow=max(10, size // 2),
+            pool_recycle=POOL_RECYCLE_S,
+        )
     in_memory = url in ("sqlite://", "sqlite:///:memory:")
     engine = create_engine(
         url,
@@ -83,7 +196,11 @@ def make_engine(url: str) -> SAEngine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read (Store.read_turn) takes no lock: a deferred BEGIN reads a WAL snapshot.
+        if conn.get_execution_options().get(READ_OPTION):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -91,12 +208,16 @@ def make_engine(url: str) -> SAEngine:
 class Store:
     """Conversation storage over any SQLAlchemy URL; migrates the database to head on open."""
 
-    def __init__(self, url: str = DEFAULT_URL):
+    def __init__(self, url: str = DEFAULT_URL, *, pool_size: int | None = None):
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool_size)
         with self.engine.begin() as connection:
             migrate.upgrade(connection)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads of the turn path: autocommit on a server database (no BEGIN / ROLLBACK round
+        # trips; one statement is one consistent snapshot), a deferred BEGIN on SQLite.
+        sqlite = self.engine.dialect.name == "sqlite"
+        self._read_options = {READ_OPTION: True} if sqlite else {"isolation_level": "AUTOCOMMIT"}
 
     @property
     def dialect(self) -> str:
@@ -121,6 +242,129 @@ class Store:
             if conversation is None:
                 raise SessionNotFound(conversation_id)
             yield db, conversation
+
+    def _retry_disconnect(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (that has written nothing when it fails on its first statement) and, if
+        it found its pooled connection dead, once more: the failure invalidated the pool, so
+        the second try connects afresh, and raises if the database is really unreachable."""
+        try:
+            return work()
+        except sa_exc.DBAPIError as exc:
+            if not _is_disconnect(exc):
+                raise
+        return work()
+
+    def read_turn(
+        self, conversation_id: str, idempotency_key: str | None, history: int = 8
+    ) -> tuple[Snapshot, Reply | None]:
+        """The session's snapshot and, if ``idempotency_key`` names a stored turn, its reply.
+
+        One statement: the conversation row joined with its last ``history`` turns and the
+        turn carrying the key, so both are one consistent snapshot.
+        """
+        query = _READ[idempotency_key is not None]
+        params = {"conversation_id": conversation_id, "history": history, "key": idempotency_key}
+
+        def read() -> list[Any]:
+            with self.engine.connect() as conn:
+                return conn.execution_options(**self._read_options).execute(query, params).all()
+
+        rows = self._retry_disconnect(read)
+        if not rows:
+            raise SessionNotFound(conversation_id)
+        first = rows[0]
+        stored: Reply | None = None
+        turns = []
+        for row in rows:
+            if row.turn_index is None:
+                continue  # a conversation without turns (outer join)
+            if idempotency_key is not None and row.idempotency_key == idempotency_key:
+                ended = first.status != "active" and first.turn_count == row.turn_index
+                mapping = {**row._mapping, "conversation_id": conversation_id}
+                stored = reply_from_row(mapping, first.outcome if ended else None)
+            if row.turn_index > first.turn_count - history:
+                turns.append((row.user_text, row.reply_text))
+        snapshot = Snapshot(
+            id=first.id,
+            arm=first.arm,
+            stage=first.stage,
+            stage_turns=first.stage_turns,
+            turn_count=first.turn_count,
+            status=first.status,
+            outcome=first.outcome,
+            slots=dict(first.slots or {}),
+            history=tuple(turns),
+            assignment=dict(first.assignment or {}),
+        )
+        return snapshot, stored
+
+    def write_turn(
+        self,
+        conversation_id: str,
+        seen_turn_count: int,
+        changes: Mapping[str, Any],
+        turn: Mapping[str, Any],
+        events: Sequence[Mapping[str, Any]] = (),
+        audit: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Write one turn if no other turn of the session was written since the snapshot that
+        saw ``seen_turn_count``: update the conversation with ``changes`` and insert the rows,
+        in one transaction. False on such a conflict (nothing written); raises SessionEnded if
+        the session ended meanwhile, SessionNotFound if it does not exist.
+        """
+        params = {**changes, "w_id": conversation_id, "w_seen": seen_turn_count}
+
+        def begin() -> tuple[Connection, int]:
+            conn = self.engine.connect()
+            try:
+                conn.begin()
+                # PostgreSQL: the UPDATE takes the row lock; SQLite: BEGIN IMMEDIATE took the
+                # database's. A writer that waited re-checks the condition and matches nothing.
+                return conn, conn.execute(_GUARDED_UPDATE, params).rowcount
+            except BaseException:
+                conn.close()
+                raise
+
+        conn, matched = self._retry_disconnect(begin)
+        with conn:
+            if matched != 1:
+                query = _STATE.where(_conversations.c.id == conversation_id)
+                current = conn.execute(query).one_or_none()
+                conn.rollback()
+                if current is None:
+                    raise SessionNotFound(conversation_id)
+                if current.turn_count != seen_turn_count:
+                    return False
+                raise SessionEnded(conversation_id, current.outcome)
+            self._insert_rows(conn, turn, events, audit)
+            conn.commit()
+        return True
+
+    def create_conversation(
+        self,
+        conversation: Mapping[str, Any],
+        turn: Mapping[str, Any],
+        events: Sequence[Mapping[str, Any]] = (),
+        audit: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Insert a new conversation with its opening turn (IntegrityError if the id exists)."""
+        with self.engine.begin() as conn:
+            conn.execute(_INSERT_CONVERSATION, [dict(conversation)])
+            self._insert_rows(conn, turn, events, audit)
+
+    @staticmethod
+    def _insert_rows(
+        conn: Connection,
+        turn: Mapping[str, Any],
+        events: Sequence[Mapping[str, Any]],
+        audit: Mapping[str, Any] | None,
+    ) -> None:
+        # A list of parameter sets: no RETURNING of the generated id (nothing needs it).
+        conn.execute(_INSERT_TURN, [dict(turn)])
+        if events:
+            conn.execute(_INSERT_EVENTS, [dict(e) for e in events])
+        if audit is not None:
+            conn.execute(_INSERT_AUDIT, [dict(audit)])
 
     def get(self, conversation_id: str) -> Conversation:
         with self._sessions() as db:

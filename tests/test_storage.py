@@ -9,7 +9,8 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy.pool import NullPool
 
 from storage import Store
 from storage.migrate import alembic_config
@@ -90,3 +91,65 @@ def test_concurrent_turns_of_one_session_are_serialised(db_url, workers):
             select(func.count()).select_from(Turn).where(Turn.conversation_id == session)
         )
     assert indexes == [0, 1, 2, 3] and count == 3 and turns == 4
+
+
+@pytest.mark.parametrize("workers", ["one engine", "two engines"])
+def test_a_turn_sent_twice_at_once_with_one_key_is_written_once(db_url, workers):
+    engine = make_engine(db_url, SlowBackend(default="faster plan for eight pounds"))
+    other = engine if workers == "one engine" else make_engine(db_url, SlowBackend(default="x"))
+    session = engine.start("cust-k", {"customer_name": "Alex"}).session_id
+    engine.turn(session, "yes")
+    replies: list = []
+
+    def talk(worker) -> None:
+        replies.append(worker.turn(session, "", idempotency_key="same-request"))
+
+    threads = [threading.Thread(target=talk, args=(w,)) for w in (engine, other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(replies) == 2
+    assert replies[0].turn_index == replies[1].turn_index == 2
+    assert replies[0].text == replies[1].text
+    assert [t.turn_index for t in engine.transcript(session)] == [0, 1, 2]
+    assert engine.store.get(session).turn_count == 2
+
+
+def _terminate_other_connections(url: str) -> int:
+    """Kill every other backend connected to this database (as a database restart would)."""
+    admin = create_engine(url, poolclass=NullPool)
+    with admin.connect() as conn:
+        killed = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    admin.dispose()
+    return killed
+
+
+def test_pooled_connections_killed_by_a_restart_are_replaced_without_an_error(pg_url):
+    """No pool_pre_ping: the first statement on a dead pooled connection fails, invalidates
+    the pool and is retried once on a fresh connection; the caller sees no error."""
+    engine = make_engine(pg_url)
+    session = engine.start("cust-r", {"customer_name": "Alex"}).session_id
+    engine.turn(session, "yes", idempotency_key="r-1")
+    assert _terminate_other_connections(pg_url) >= 1
+    reply = engine.turn(session, "", idempotency_key="r-2")  # the read meets the dead one
+    assert reply.turn_index == 2
+    snapshot, _ = engine.store.read_turn(session, None)
+    assert _terminate_other_connections(pg_url) >= 1
+    changes = {"stage": snapshot.stage, "stage_turns": 0, "turn_count": 3}
+    turn = {
+        "conversation_id": session,
+        "turn_index": 3,
+        "reply_text": "written after the restart",
+        "stage": snapshot.stage,
+        "source": "script",
+    }
+    assert engine.store.write_turn(session, 2, changes, turn)  # the write meets a dead one
+    assert [t.turn_index for t in engine.transcript(session)] == [0, 1, 2, 3]
+    assert engine.store.write_turn(session, 2, changes, turn) is False  # a stale snapshot
+    engine.store.close()

@@ -431,5 +431,6 @@ def app_from_env() -> FastAPI:
         settings.db_url,
         backend_name=settings.backend,
         backend_options=settings.backend_options,
+        pool_size=settings.threads,  # one connection per engine thread, no overflow churn
     )
     return create_app(engine, settings)
