@@ -19,6 +19,7 @@ cross-validated. Why these parts:
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import numpy as np
 from scipy import sparse
 from sklearn import config_context
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import FeatureUnion
 from sklearn.svm import LinearSVC
@@ -219,6 +221,7 @@ class IntentClassifier(ClassifierMixin, BaseEstimator):
         20-intent flow); two numpy arrays are a few hundred KB and load in milliseconds.
         """
         state = super().__getstate__()
+        state.pop("_fast_", None)  # derived at run time, never stored
         union = state.get("features_")
         if union is None:
             return state
@@ -254,11 +257,33 @@ class IntentClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "model_")
         texts = [normalise(t) for t in X]
+        fast = self._fast_scorer() if len(texts) <= FAST_PATH_MAX_TEXTS else None
+        if fast is not None:
+            scores = np.vstack([fast(text) for text in texts])
+            return _as_2d(scores.ravel() if scores.shape[1] == 1 else scores)
         with config_context(assume_finite=True, skip_parameter_validation=True):
             blocks = [part.transform(texts) for _, part in self.features_.transformer_list]
         matrix = sparse.hstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
         scores = matrix @ self.model_.coef_.T + self.model_.intercept_
         return _as_2d(np.asarray(scores).ravel() if scores.shape[1] == 1 else scores)
+
+    def _fast_scorer(self) -> Any:
+        """A function text -> raw scores for a few texts, or None where it does not apply.
+
+        For every part a plain TF-IDF vectorizer (the ``tfidf`` model), the scores of one text
+        are the TF-IDF weights of its n-grams times the matching columns of the SVM's
+        coefficients: a few dozen dictionary lookups and one small dense product, instead of
+        building sparse matrices (0.2 ms instead of ~1 ms per utterance). Same arithmetic as
+        ``TfidfVectorizer.transform`` (raw counts, optional ``1 + log`` tf, idf, l2 norm) in
+        float64; only the order of the sums differs.
+        """
+        model, features = self.model_, self.features_
+        cached = getattr(self, "_fast_", None)
+        if cached is not None and cached[0] is model and cached[1] is features:
+            return cached[2]
+        scorer = _build_fast_scorer(features, model)
+        self._fast_ = (model, features, scorer)
+        return scorer
 
     def predict_proba(self, X: Sequence[str]) -> np.ndarray:
         """Temperature-calibrated class probabilities (``classes_`` order)."""
@@ -291,6 +316,54 @@ class IntentClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_one(self, text: str, top_k: int = 5) -> IntentPrediction:
         return self.predict_many([text], top_k)[0]
+
+
+FAST_PATH_MAX_TEXTS = 4  # batches above this go through the sparse matrices
+
+
+def _build_fast_scorer(features: Any, model: Any) -> Any:
+    parts = []
+    offset = 0
+    for _, part in getattr(features, "transformer_list", ()):
+        if (
+            type(part) is not TfidfVectorizer
+            or part.binary
+            or part.norm != "l2"
+            or not part.use_idf
+            or np.dtype(part.dtype) != np.float64
+        ):
+            return None
+        vocabulary = part.vocabulary_
+        parts.append((part.build_analyzer(), vocabulary, part.idf_, part.sublinear_tf, offset))
+        offset += len(vocabulary)
+    if not parts or getattr(features, "transformer_weights", None):
+        return None
+    coef_t = np.ascontiguousarray(np.asarray(model.coef_, dtype=np.float64).T)
+    if coef_t.shape[0] != offset:
+        return None
+    intercept = np.asarray(model.intercept_, dtype=np.float64)
+
+    def score(text: str) -> np.ndarray:
+        columns: list[int] = []
+        weights: list[float] = []
+        for analyse, vocabulary, idf, sublinear, start in parts:
+            counts: dict[int, int] = {}
+            for gram in analyse(text):
+                j = vocabulary.get(gram)
+                if j is not None:
+                    counts[j] = counts.get(j, 0) + 1
+            if not counts:
+                continue
+            tf = [(1.0 + math.log(c)) if sublinear else float(c) for c in counts.values()]
+            w = np.asarray(tf) * idf[list(counts)]
+            w /= math.sqrt(float(w @ w))
+            columns.extend(start + j for j in counts)
+            weights.extend(w.tolist())
+        if not columns:
+            return intercept.copy()
+        return np.asarray(weights) @ coef_t[columns] + intercept
+
+    return score
 
 
 def _as_2d(scores: np.ndarray) -> np.ndarray:
