@@ -19,7 +19,7 @@ PostgreSQL backends and this process.
     python benchmarks/http_load.py --threads 5 --rate 0  # closed loop: maximum throughput
     python benchmarks/http_load.py --threads 5 --kill    # SIGKILL one worker halfway through
 
-(``--threads 5`` matches the storage's 5-connection pool; see docs/benchmarks.md.)
+(``--threads N`` is also the size of each worker's database pool; see docs/benchmarks.md.)
 
 Traffic goes to 127.0.0.1 only. Needs PostgreSQL (``--admin-url``) where it may create and drop
 a scratch database.

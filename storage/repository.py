@@ -9,11 +9,13 @@ first write, so two processes cannot interleave a read-modify-write. Other locke
 
 The per-turn path (:meth:`Store.read_turn`, :meth:`Store.write_turn`) is SQLAlchemy Core, not
 the ORM: one statement on an autocommit connection for the read (snapshot, recent history and
-the idempotency lookup together) and one short transaction for the write (update, inserts,
-commit). Pooled connections are not pinged before use (``pool_pre_ping`` costs a round trip per
-checkout); a connection found dead when a turn starts invalidates the pool and the statement is
-retried once on a fresh connection, so the service recovers by itself after a database restart
-and an outage surfaces as an ``OperationalError`` (a 503 in the HTTP service).
+the idempotency lookup together); for the write one statement on PostgreSQL (data-modifying
+CTEs: the guarded UPDATE and the inserts that select from its result), one short transaction
+elsewhere. Pooled connections are not pinged before use (``pool_pre_ping`` costs a round trip
+per checkout); a connection found dead invalidates the pool and the work is done once more on a
+fresh connection (a write first checks that its row is not already stored), so the service
+recovers by itself after a database restart, and an outage surfaces as an
+``OperationalError`` (a 503 in the HTTP service).
 """
 
 from __future__ import annotations
@@ -21,9 +23,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, bindparam, create_engine, event, insert, or_, select, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine as SAEngine
@@ -100,6 +114,55 @@ _INSERT_CONVERSATION = insert(_conversations)
 _INSERT_TURN = insert(_turns)
 _INSERT_EVENTS = insert(_stage_events)
 _INSERT_AUDIT = insert(_audits)
+
+
+def _pg_write_statement(
+    change_keys: tuple[str, ...],
+    turn_keys: tuple[str, ...],
+    event_keys: tuple[tuple[str, ...], ...],
+    audit_keys: tuple[str, ...] | None,
+) -> Any:
+    """PostgreSQL: a turn's whole write as one statement (data-modifying CTEs), so it costs one
+    round trip instead of five (BEGIN, UPDATE, INSERTs, COMMIT)::
+
+        WITH guarded AS (UPDATE conversations SET ... WHERE id = :w_id AND turn_count = :w_seen
+                         AND status = 'active' RETURNING id),
+             turn AS (INSERT INTO turns (...) SELECT :t_... FROM guarded),
+             ... (stage events, compliance decision likewise)
+        SELECT count(*) FROM guarded
+
+    The UPDATE takes the row lock; the inserts select from its result, so they write nothing
+    when the guard matched no row. One statement in autocommit is one transaction.
+    """
+    c = _conversations
+    guarded = (
+        update(c)
+        .where(
+            c.c.id == bindparam("w_id"),
+            c.c.turn_count == bindparam("w_seen"),
+            c.c.status == "active",
+        )
+        .values({k: bindparam(f"c_{k}", type_=c.c[k].type) for k in change_keys})
+        .returning(c.c.id)
+        .cte("guarded")
+    )
+
+    def rows(table: Any, prefix: str, keys: tuple[str, ...]) -> Any:
+        values = [bindparam(f"{prefix}_{k}", type_=table.c[k].type) for k in keys]
+        return select(*values).select_from(guarded)
+
+    writes = [insert(_turns).from_select(list(turn_keys), rows(_turns, "t", turn_keys))]
+    if event_keys:
+        keys = event_keys[0]
+        selects = [rows(_stage_events, f"e{i}", keys) for i in range(len(event_keys))]
+        source = selects[0] if len(selects) == 1 else union_all(*selects)
+        writes.append(insert(_stage_events).from_select(list(keys), source))
+    if audit_keys is not None:
+        writes.append(insert(_audits).from_select(list(audit_keys), rows(_audits, "a", audit_keys)))
+    statement = select(func.count()).select_from(guarded)
+    for i, write in enumerate(writes):
+        statement = statement.add_cte(write.cte(f"write_{i}"))
+    return statement
 
 
 @dataclass(frozen=True)
@@ -218,6 +281,7 @@ class Store:
         # trips; one statement is one consistent snapshot), a deferred BEGIN on SQLite.
         sqlite = self.engine.dialect.name == "sqlite"
         self._read_options = {READ_OPTION: True} if sqlite else {"isolation_level": "AUTOCOMMIT"}
+        self._pg_statements: dict[tuple, Any] = {}  # write statements by the rows' shape
 
     @property
     def dialect(self) -> str:
@@ -312,6 +376,28 @@ class Store:
         in one transaction. False on such a conflict (nothing written); raises SessionEnded if
         the session ended meanwhile, SessionNotFound if it does not exist.
         """
+        if self.dialect == "postgresql" and len({tuple(e) for e in events}) <= 1:
+            write = partial(
+                self._write_turn_pg, conversation_id, seen_turn_count, changes, turn, events, audit
+            )
+            try:
+                matched = write()
+            except sa_exc.DBAPIError as exc:
+                # A dead pooled connection (the pool is invalidated now). The statement may have
+                # failed before or after its commit: look for the row before writing again.
+                if not _is_disconnect(exc) or "created_at" not in turn:
+                    raise
+                matched = self._turn_written(conversation_id, turn) or write()
+            if matched:
+                return True
+            with self.engine.connect() as conn:
+                query = _STATE.where(_conversations.c.id == conversation_id)
+                current = conn.execution_options(**self._read_options).execute(query).one_or_none()
+            if current is None:
+                raise SessionNotFound(conversation_id)
+            if current.turn_count != seen_turn_count:
+                return False
+            raise SessionEnded(conversation_id, current.outcome)
         params = {**changes, "w_id": conversation_id, "w_seen": seen_turn_count}
 
         def begin() -> tuple[Connection, int]:
@@ -339,6 +425,46 @@ class Store:
             self._insert_rows(conn, turn, events, audit)
             conn.commit()
         return True
+
+    def _write_turn_pg(
+        self,
+        conversation_id: str,
+        seen_turn_count: int,
+        changes: Mapping[str, Any],
+        turn: Mapping[str, Any],
+        events: Sequence[Mapping[str, Any]],
+        audit: Mapping[str, Any] | None,
+    ) -> bool:
+        shape = (
+            tuple(changes),
+            tuple(turn),
+            tuple(tuple(e) for e in events),
+            tuple(audit) if audit is not None else None,
+        )
+        statement = self._pg_statements.get(shape)
+        if statement is None:
+            statement = self._pg_statements[shape] = _pg_write_statement(*shape)
+        params = {"w_id": conversation_id, "w_seen": seen_turn_count}
+        params.update({f"c_{k}": v for k, v in changes.items()})
+        params.update({f"t_{k}": v for k, v in turn.items()})
+        for i, row in enumerate(events):
+            params.update({f"e{i}_{k}": v for k, v in row.items()})
+        if audit is not None:
+            params.update({f"a_{k}": v for k, v in audit.items()})
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(**self._read_options)
+            return conn.execute(statement, params).scalar_one() == 1
+
+    def _turn_written(self, conversation_id: str, turn: Mapping[str, Any]) -> bool:
+        """Whether exactly this turn row (same index, same creation time) is stored."""
+        query = select(_turns.c.id).where(
+            _turns.c.conversation_id == conversation_id,
+            _turns.c.turn_index == turn["turn_index"],
+            _turns.c.created_at == turn["created_at"],
+        )
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(**self._read_options)
+            return conn.execute(query).first() is not None
 
     def create_conversation(
         self,

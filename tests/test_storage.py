@@ -14,7 +14,7 @@ from sqlalchemy.pool import NullPool
 
 from storage import Store
 from storage.migrate import alembic_config
-from storage.models import Base, Conversation, Turn
+from storage.models import Base, Conversation, Turn, utcnow
 from tests.fakes import FakeBackend
 from tests.test_engine import make_engine
 
@@ -148,6 +148,7 @@ def test_pooled_connections_killed_by_a_restart_are_replaced_without_an_error(pg
         "reply_text": "written after the restart",
         "stage": snapshot.stage,
         "source": "script",
+        "created_at": utcnow(),
     }
     assert engine.store.write_turn(session, 2, changes, turn)  # the write meets a dead one
     assert [t.turn_index for t in engine.transcript(session)] == [0, 1, 2, 3]
