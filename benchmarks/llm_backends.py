@@ -16,11 +16,16 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compliance_contexts import CONTEXTS  # noqa: E402
+from compliance_contexts import history as context_history  # noqa: E402
 
 from engine.compliance import ComplianceFilter  # noqa: E402
 from engine.compliance.embedders import MiniLMEmbedder  # noqa: E402
@@ -51,6 +56,14 @@ CALLER = [
     "do I need a new router",
     "hmm I'm not sure, it sounds expensive",
 ]
+BOT_LINES = [  # the bot's side of the history: approved pitch lines, the same for every backend
+    "With Fibre 500 the whole household can stream in HD at once without buffering.",
+    "Fibre 500 gives you 500 Mbps, five times the speed of your current plan.",
+    "It's £38 a month, £8 more than you pay now.",
+    "It's an 18-month contract, and you have 14 days to change your mind.",
+    "You'd get a free router upgrade and free installation.",
+    "I understand. It's £8 a month more for five times the speed.",
+]
 
 
 def backends() -> dict[str, object]:
@@ -80,7 +93,11 @@ def backend_tokens(backend, text: str) -> int:
 
 
 def call_decisions(backend, compliance, sessions: int) -> tuple[list[float], list[float], list]:
-    """Decision latency at turn 1 and turn 6 of ``sessions`` calls, and the chosen scripts."""
+    """Decision latency at turn 1 and turn 6 of ``sessions`` calls, and the chosen scripts.
+
+    The bot's side of the history is a fixed approved line per turn (not what this backend's
+    own decision was), so every backend sees the same prompts: a fixed prompt set.
+    """
     turn1, turn6, chosen = [], [], []
     stage = FLOW_OBJ.stages["pitch"]
     for s in range(sessions):
@@ -93,10 +110,29 @@ def call_decisions(backend, compliance, sessions: int) -> tuple[list[float], lis
             result = compliance.check(draft.text, "pitch", stage.compliance, key, SLOTS)
             elapsed = time.perf_counter() - started
             (turn1 if t == 1 else turn6 if t == 6 else []).append(elapsed)
-            chosen.append((s, t, result.script_id))
-            history.append((said, result.text))
+            chosen.append((f"call {s} turn {t}", accepted_script(result)))
+            history.append((said, BOT_LINES[t - 1]))
         backend.release(key)
     return turn1, turn6, chosen
+
+
+def accepted_script(result) -> str | None:
+    """The approved script the draft was mapped to; None for any fallback."""
+    return result.script_id if result.decision in ("approved", "pass") else None
+
+
+def context_decisions(backend, compliance) -> list:
+    """The compliance decision for each of the 16 fixed contexts of compliance_contexts.py."""
+    chosen = []
+    for context in CONTEXTS:
+        stage = FLOW_OBJ.stages[context.stage]
+        messages = build_messages(
+            FLOW_OBJ, stage, context_history(FLOW_OBJ, context), SLOTS, context.customer
+        )
+        draft = backend.generate(messages, PARAMS, seed=0)
+        result = compliance.check(draft.text, context.stage, stage.compliance, "ctx", SLOTS)
+        chosen.append((f"context {context.name}", accepted_script(result)))
+    return chosen
 
 
 def main() -> None:
@@ -116,7 +152,7 @@ def main() -> None:
         load_s = time.perf_counter() - started
         first_token, decode = first_token_and_decode(backend)
         t1, t6, chosen = call_decisions(backend, compliance, args.sessions)
-        choices[name] = chosen
+        choices[name] = chosen + context_decisions(backend, compliance)
         rows.append(
             {
                 "backend": name,
@@ -128,20 +164,25 @@ def main() -> None:
             }
         )
         print(rows[-1], flush=True)
-    reference = choices["transformers fp32"]
     for row in rows:
-        same = sum(a[2] == b[2] for a, b in zip(reference, choices[row["backend"]], strict=True))
-        row["same_script_as_fp32"] = f"{same}/{len(reference)}"
+        mine = choices[row["backend"]]
+        for ref in ("transformers fp32", "transformers bf16"):
+            same = sum(a[1] == b[1] for a, b in zip(choices[ref], mine, strict=True))
+            row[f"same_decision_as_{ref.split()[1]}"] = f"{same}/{len(mine)}"
+        row["accepted"] = f"{sum(c[1] is not None for c in mine)}/{len(mine)}"
     print(
         "| backend | load s | first token s | decode tok/s | decision turn 1 p50 s | "
-        "decision turn 6 p50 s | same script as fp32 |\n|---|---|---|---|---|---|---|"
+        "decision turn 6 p50 s | same decision as fp32 | same as bf16 | accepted |\n"
+        "|---|---|---|---|---|---|---|---|---|"
     )
     for r in rows:
         print(
             f"| {r['backend']} | {r['load_s']} | {r['first_token_s']} | {r['decode_tok_s']} | "
             f"{r['decision_turn1_p50_s']} | {r['decision_turn6_p50_s']} | "
-            f"{r['same_script_as_fp32']} |"
+            f"{r['same_decision_as_fp32']} | {r['same_decision_as_bf16']} | {r['accepted']} |"
         )
+    if args.json:
+        args.json.with_suffix(".decisions.json").write_text(json.dumps(choices, indent=2))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

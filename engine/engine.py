@@ -45,7 +45,7 @@ from storage.models import StageEvent, Turn, utcnow
 from storage.repository import Snapshot, reply_from_row
 
 MAX_ATTEMPTS = 5  # optimistic-concurrency retries before giving up on a contended session
-HISTORY_TURNS = 8  # earlier turns read for the LLM prompt
+HISTORY_TURNS = 12  # earlier turns read for the LLM prompt (it keeps 6 to 11, see llm.prompt)
 LOCK_STRIPES = 1024
 ARM_CACHE_SIZE = 10_000  # sessions whose (mode, arm flow) is remembered; assignments never change
 
@@ -381,7 +381,8 @@ class Engine:
         policy = stage.compliance
         assert policy is not None and stage.generation is not None
         slots = dict(snapshot.slots)
-        messages = build_messages(self.flow, stage, snapshot.history, slots, text)
+        earlier = max(0, snapshot.turn_count + 1 - len(snapshot.history))  # turns not read
+        messages = build_messages(self.flow, stage, snapshot.history, slots, text, earlier)
         early_stop = (arm_flow or self.flow).early_stop
         if early_stop and policy.mode == "strict" and hasattr(self.backend, "stream"):
             return streamed_reply(

@@ -21,3 +21,33 @@ def test_long_and_empty_customer_text():
     assert len(long[-1]["content"]) == MAX_MESSAGE_CHARS
     empty = build_messages(FLOW, FLOW.stages["pitch"], [], {}, "  ")
     assert empty[-1]["role"] == "user" and empty[-1]["content"].startswith("(")
+
+
+def _call(turns: int) -> list[tuple[str | None, str]]:
+    return [(None, "Hello.")] + [(f"caller {i}", f"bot {i}") for i in range(1, turns)]
+
+
+def test_history_window_keeps_six_to_eleven_exchanges():
+    for turns in range(1, 40):
+        messages = build_messages(FLOW, FLOW.stages["pitch"], _call(turns), {}, "next")
+        shown = sum(1 for m in messages if m["role"] == "assistant")
+        assert min(turns, 6) <= shown <= 11
+        assert messages[-2]["content"] == (f"bot {turns - 1}" if turns > 1 else "Hello.")
+
+
+def test_prompts_of_later_turns_extend_earlier_ones_for_prefix_reuse():
+    """KV reuse needs turn N's prompt (minus the new text) to begin turn N+1's prompt."""
+    extended = 0
+    for turns in range(1, 31):
+        now = build_messages(FLOW, FLOW.stages["pitch"], _call(turns), {}, "caller x")
+        later_history = [*_call(turns), ("caller x", "bot x")]
+        later = build_messages(FLOW, FLOW.stages["pitch"], later_history, {}, "caller y")
+        extended += later[: len(now)] == now
+    assert extended >= 25  # the window's start moves once every six turns
+
+
+def test_window_counts_from_the_start_of_the_call_when_only_recent_turns_were_read():
+    history = _call(20)
+    whole = build_messages(FLOW, FLOW.stages["pitch"], history, {}, "x")
+    recent = build_messages(FLOW, FLOW.stages["pitch"], history[-12:], {}, "x", earlier=8)
+    assert recent == whole

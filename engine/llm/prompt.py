@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from engine.flow import Flow, Stage
 from engine.llm.base import ChatMessage
 
-HISTORY_TURNS = 6  # customer/bot exchanges kept in the prompt
+HISTORY_TURNS = 6  # customer/bot exchanges always kept in the prompt (6 to 11 are kept)
 MAX_MESSAGE_CHARS = 600  # a 10,000-character turn must not blow the context window
 
 
@@ -16,15 +16,36 @@ class _KeepUnknown(dict):
         return "{" + key + "}"
 
 
+def recent_history(
+    history: Sequence[tuple[str | None, str]], earlier: int = 0
+) -> Sequence[tuple[str | None, str]]:
+    """The last 6 to 11 exchanges: the window's start moves in steps of ``HISTORY_TURNS``.
+
+    ``earlier`` is how many exchanges of the call came before ``history`` (the caller read only
+    the recent ones); the steps are counted from the start of the call.
+
+    Why not simply the last 6: a window that slides by one exchange every turn changes the
+    prompt right after the system message, so the backends' per-session prefix caches (KV
+    reuse) could reuse almost nothing once a call is 7 exchanges long and every turn would
+    encode the whole prompt again. Moving the start in steps keeps the prompt of turn N a prefix
+    of the prompt of turn N+1 five turns out of six.
+    """
+    total = earlier + len(history)
+    start = (max(0, total - HISTORY_TURNS) // HISTORY_TURNS) * HISTORY_TURNS
+    return history[max(0, start - earlier) :]
+
+
 def build_messages(
     flow: Flow,
     stage: Stage,
     history: Sequence[tuple[str | None, str]],
     slots: Mapping[str, str],
     customer_text: str | None,
+    earlier: int = 0,
 ) -> list[ChatMessage]:
-    """``history`` is the earlier (customer text or None, bot reply) pairs, oldest first;
-    ``customer_text`` is what the customer just said (None when the bot speaks first)."""
+    """``history`` is the earlier (customer text or None, bot reply) pairs, oldest first, after
+    ``earlier`` older ones that were not read; ``customer_text`` is what the customer just said
+    (None when the bot speaks first)."""
     persona = flow.persona.format_map(_KeepUnknown(slots))
     facts = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in sorted(slots.items()) if v)
     system = (
@@ -34,7 +55,7 @@ def build_messages(
         "discounts or promises."
     )
     messages: list[ChatMessage] = [{"role": "system", "content": system}]
-    for user_text, bot_text in list(history)[-HISTORY_TURNS:]:
+    for user_text, bot_text in recent_history(history, earlier):
         if user_text:
             messages.append({"role": "user", "content": user_text[:MAX_MESSAGE_CHARS]})
         messages.append({"role": "assistant", "content": bot_text[:MAX_MESSAGE_CHARS]})
