@@ -9,6 +9,7 @@ cleanly; running the same command again resumes the run.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -35,6 +36,11 @@ from engine.errors import FlowValidationError, SalesbotError
 
 DEFAULT_N = 100
 DEFAULT_BATCH = 32
+# KV-cache budget per conversation in flight (transformers backend, unless the flow sets
+# cache_mb): a prompt of ~500 tokens holds ~11 MB in bf16 and ~22 MB in fp32. The backend's
+# default 512 MB holds fewer than the 64 conversations in flight, and an LRU cache visited in
+# turn by more sessions than it holds evicts each one before its next turn (no reuse at all).
+CACHE_MB_PER_CONVERSATION = 32
 
 
 class RateColumn(ProgressColumn):
@@ -59,7 +65,7 @@ def _p(value: float | None) -> str:
     return "<0.0001" if value < 0.0001 else f"{value:.4f}"
 
 
-def _build_backend(name: str | None, flow, batch: int):
+def _build_backend(name: str | None, flow, batch: int, concurrency: int | None = None):
     """The flow's LLM backend (``llm.backend``) or the one named, batched across conversations
     (see engine.simulation.batching)."""
     from engine.llm import create_backend
@@ -67,9 +73,14 @@ def _build_backend(name: str | None, flow, batch: int):
     from engine.simulation.batching import simulation_backend
 
     if name is None or name == flow.backend:
-        backend = create_backend(flow.backend, **dict(flow.backend_options))
+        options = dict(flow.backend_options)
+        if flow.backend == "transformers" and concurrency:
+            options.setdefault("cache_mb", max(512, CACHE_MB_PER_CONVERSATION * concurrency))
+        backend = create_backend(flow.backend, **options)
     elif name == "script-sampler":
         backend = create_backend(name, flow=flow)
+    elif name == "transformers" and concurrency:
+        backend = create_backend(name, cache_mb=max(512, CACHE_MB_PER_CONVERSATION * concurrency))
     else:
         backend = create_backend(name)
     return simulation_backend(backend, max_batch=batch)
@@ -189,6 +200,13 @@ def simulate(
     are compared pair by pair. Everything is stored like live traffic in --db. Interrupt with
     Ctrl-C and run the same command again to resume.
     """
+    if "torch" not in sys.modules:
+        # OpenMP threads that spin while they wait for each other lose badly when the cores are
+        # shared (this process runs one LLM forward while its other threads classify, embed and
+        # store, and other programs may be running): measured on the shared 2-core VM at load
+        # ~4, a batch-1 decode step took 0.8-1.7 s with the default (active) policy and ~0.1 s
+        # with a passive one. libgomp reads this once, when torch is first imported.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from engine.engine import Engine
     from engine.experiments import load_experiments
     from engine.flow_loader import load_flow
@@ -206,7 +224,7 @@ def simulate(
         raise ConfigError(str(exc)) from None
     try:
         with console.status("Loading classifier, embedder and LLM..."):
-            llm = _build_backend(backend, flow, batch)
+            llm = _build_backend(backend, flow, batch, concurrency or 2 * batch)
             engine = Engine.from_flow_dir(flow_dir, db, backend=llm, embedder_name=embedder)
             if hasattr(llm, "load"):
                 llm.load()

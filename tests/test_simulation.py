@@ -197,11 +197,14 @@ def test_same_seed_gives_identical_results_and_report(parts, baseline, tmp_path)
 
 def test_a_different_seed_gives_different_results(parts, baseline, tmp_path):
     engine, experiment, result = baseline
-    other, _, result8 = simulate(parts, f"sqlite:///{tmp_path / 'seed8.db'}", seed=8)
+    other, experiment8, result8 = simulate(parts, f"sqlite:///{tmp_path / 'seed8.db'}", seed=8)
     assert result8.run_id != result.run_id
     base = [(c.arm, c.outcome, c.persona) for c in run_conversations(engine.store, result.run_id)]
     new = [(c.arm, c.outcome, c.persona) for c in run_conversations(other.store, result8.run_id)]
     assert base != new
+    assert stable_report(other, experiment8, result8.run_id) != stable_report(
+        engine, experiment, result.run_id
+    )
 
 
 def test_an_llm_that_always_falls_back_closes_fewer_calls(parts, baseline, tmp_path):
@@ -333,3 +336,15 @@ def test_a_flow_without_personas_exits_2(tmp_path):
     assert result.exit_code == 2
     assert "personas.yaml: file is missing" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_simulate_command_sizes_the_kv_cache_for_the_conversations_in_flight():
+    """An LRU cache visited in turn by more sessions than it holds never reuses anything."""
+    from engine.cli_simulate import CACHE_MB_PER_CONVERSATION, _build_backend
+
+    flow = load_flow(BROADBAND)
+    llm = _build_backend(None, flow, 32, 64)  # builds, does not load the model
+    inner = llm.inner.inner  # BatchOnly -> BatchingBackend -> TransformersBackend
+    assert llm.inner.max_batch == 32
+    assert inner.cache_mb == CACHE_MB_PER_CONVERSATION * 64
+    assert _build_backend(None, flow, 1, 4).inner.cache_mb == 512  # unbatched: not wrapped

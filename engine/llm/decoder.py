@@ -6,14 +6,17 @@ processor over the whole prompt each step. This loop is small and does exactly w
 needs:
 
 1. For each row, look up its session's cached prompt KV and reuse the longest common prefix.
-2. Prefill: one forward over the batch. Row ``i`` reuses ``r_i`` cached tokens and encodes
-   ``n_i`` new ones. The past is left-padded to ``P = max r_i`` and the new tokens to
-   ``N = max n_i``, so a row reads ``[pad | cached r_i | pad | new n_i]``; the attention mask
-   hides the pads and explicit position ids keep every real token at its true position, so a
-   padded row computes what it would compute alone.
-3. Store each row's prompt KV (pads dropped) for its session, then decode one token per step
-   for all live rows; finished rows are dropped from the batch (their cache rows are selected
-   away), so a long reply does not make 31 finished rows keep computing.
+2. Prefill row by row: row ``i`` reuses ``r_i`` cached tokens and encodes its ``n_i`` new ones
+   in a forward of its own, exactly as it would alone, and its prompt KV is stored for its
+   session. Prefill is compute-bound on a CPU (one row of 350 tokens runs at the same tokens/s
+   as eight), so batching it gains nothing, while padding every row's new tokens to the longest
+   did cost: one row whose cache was cold (450 new tokens) made ten warm rows (40-120 new
+   tokens each) encode 450 too, 3-5x the real work in the batches of a simulation.
+3. The rows' KV is left-padded to the longest prompt and stacked into one batch cache
+   (``[pad | prompt_i]``; the attention mask hides the pads and explicit position ids keep
+   every token at its true position), then one token per step is decoded for all live rows;
+   finished rows are dropped from the batch (their cache rows are selected away), so a long
+   reply does not make 31 finished rows keep computing.
 
 The batch's cache grows in place (:mod:`engine.llm.growing_cache`) and attention keeps grouped
 query heads grouped (:mod:`engine.llm.attention`): both avoid copying every layer's keys and
@@ -26,7 +29,7 @@ code as a plain call: the caller reads each row's tokens and may close the gener
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -50,38 +53,6 @@ class DecodeRow:
 
 
 StopCheck = Callable[[DecodeRow], bool]  # True: the row's text hit a stop string
-
-
-def _padded_past(
-    pasts: Sequence[KVLayers | None], reuse: Sequence[int], like: KVLayers, spare: int
-) -> GrowingCache:
-    """Left-pad each row's reused KV to the longest and stack them into one cache."""
-    width = max(reuse)
-    cache = GrowingCache(spare)
-    for layer, (k0, v0) in enumerate(like):
-        batch, heads, dim = len(pasts), k0.shape[1], k0.shape[3]
-        keys = k0.new_zeros((batch, heads, width, dim))
-        values = v0.new_zeros((batch, heads, width, dim))
-        for row, past in enumerate(pasts):
-            if past is not None and reuse[row]:
-                k, v = past[layer]
-                keys[row, :, width - reuse[row] :] = k[0]
-                values[row, :, width - reuse[row] :] = v[0]
-        cache.update(keys, values, layer)
-    return cache
-
-
-def _row_layers(cache: GrowingCache, row: int, keep: torch.Tensor) -> KVLayers:
-    """Row ``row``'s KV at the positions ``keep`` (its real tokens), as owned tensors."""
-    out = []
-    for layer in cache.layers:
-        out.append(
-            (
-                layer.keys[row : row + 1, :, keep].contiguous(),
-                layer.values[row : row + 1, :, keep].contiguous(),
-            )
-        )
-    return tuple(out)
 
 
 class Decoder:
@@ -178,39 +149,53 @@ class Decoder:
         return all(row.finish is not None for row in rows)
 
     def _prefill(self, rows: list[DecodeRow], pasts: list[KVLayers | None]):
-        """One forward over every row's new prompt tokens; returns the next-token logits, the
-        batch cache, the attention mask and each row's last position."""
-        reuse = [row.reused for row in rows]
-        new = [len(row.prompt) - r for row, r in zip(rows, reuse, strict=True)]
-        width, length = max(reuse), max(new)
-        batch = len(rows)
-        ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((batch, width + length), dtype=torch.long)
-        positions = torch.zeros((batch, length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            r, n = reuse[i], new[i]
-            ids[i, length - n :] = torch.tensor(row.prompt[r:], dtype=torch.long)
-            mask[i, width - r : width] = 1
-            mask[i, width + length - n :] = 1
-            positions[i, length - n :] = torch.arange(r, r + n)
-        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
-        like = next((p for p in pasts if p is not None), None)
-        spare = length + max(row.params.max_new_tokens for row in rows) + 1
-        if like is not None and width:
-            cache = _padded_past(pasts, reuse, like, spare)
-        else:
-            cache = GrowingCache(spare)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            cache_position=torch.arange(width, width + length, device=self.device),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        for i, row in enumerate(rows):
+        """Encode each row's new prompt tokens on top of its reused KV (no padding), store the
+        prompt KV for the row's session, and stack the rows into one left-padded batch cache;
+        returns the next-token logits, the batch cache, the attention mask and each row's last
+        position."""
+        logits, prompts = [], []
+        for row, past in zip(rows, pasts, strict=True):
+            reused = row.reused if past is not None else 0
+            own = GrowingCache(0)
+            if reused:
+                for layer, (k, v) in enumerate(past):
+                    own.update(k, v, layer)
+            ids = torch.tensor([row.prompt[reused:]], dtype=torch.long, device=self.device)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=torch.ones((1, len(row.prompt)), dtype=torch.long,
+                                          device=self.device),
+                position_ids=torch.arange(reused, len(row.prompt), device=self.device)[None],
+                past_key_values=own,
+                cache_position=torch.arange(reused, len(row.prompt), device=self.device),
+                use_cache=True,
+                logits_to_keep=1,
+            )  # fmt: skip
+            logits.append(out.logits[0, -1])
+            layers = tuple((layer.keys.contiguous(), layer.values.contiguous())
+                           for layer in own.layers)  # fmt: skip
+            prompts.append(layers)
             if row.session_key is not None and self.cache.enabled:
-                keep = mask[i].nonzero().squeeze(1)
-                self.cache.store(row.session_key, row.prompt, _row_layers(cache, i, keep))
-        return out.logits[:, -1], cache, mask, positions[:, -1:]
+                self.cache.store(row.session_key, row.prompt, layers)
+        batch = len(rows)
+        width = max(len(row.prompt) for row in rows)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        positions = torch.zeros((batch, 1), dtype=torch.long)
+        for i, row in enumerate(rows):
+            mask[i, width - len(row.prompt) :] = 1
+            positions[i, 0] = len(row.prompt) - 1
+        cache = GrowingCache(max(row.params.max_new_tokens for row in rows) + 1)
+        for layer, (k0, v0) in enumerate(prompts[0]):
+            keys = k0.new_zeros((batch, k0.shape[1], width, k0.shape[3]))
+            values = v0.new_zeros((batch, v0.shape[1], width, v0.shape[3]))
+            for i, layers in enumerate(prompts):
+                k, v = layers[layer]
+                keys[i, :, width - k.shape[2] :] = k[0]
+                values[i, :, width - v.shape[2] :] = v[0]
+            cache.update(keys, values, layer)
+        return (
+            torch.stack(logits),
+            cache,
+            mask.to(self.device),
+            positions.to(self.device),
+        )
