@@ -8,6 +8,11 @@ turn (idempotency hit) and of the intent classifier alone.
 
     python benchmarks/engine_turn_cpu.py                       # SQLite file and PostgreSQL
     python benchmarks/engine_turn_cpu.py --backend postgresql --profile 25
+    python benchmarks/engine_turn_cpu.py --http     # through the FastAPI app too (no uvicorn)
+
+With ``--http`` each turn is a request driven straight into the ASGI app (routing, API key,
+validation, thread pool, metrics, JSON), concurrently for all sessions; the figure is
+``time.process_time`` per turn (every thread of this process).
 
 Needs PostgreSQL (``--admin-url``) where it may create and drop a scratch database.
 """
@@ -15,7 +20,9 @@ Needs PostgreSQL (``--admin-url``) where it may create and drop a scratch databa
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
+import json
 import os
 import pstats
 import statistics
@@ -61,6 +68,95 @@ def backend_ticks(database: str) -> int:
             continue
         total += int(fields[11]) + int(fields[12])
     return total
+
+
+KEY = "engine-turn-cpu-key-01"
+
+
+def http_run(url: str, sessions: int, turns: int, rounds: int) -> list[float]:
+    """Process CPU seconds per turn through the ASGI app, one value per round."""
+    metrics_dir = tempfile.mkdtemp(prefix="salesbot-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # as `serve --workers N` runs it
+    from engine.http.app import create_app
+    from engine.http.settings import Settings
+
+    key = {"name": "bench", "key": KEY, "scopes": ["turns"], "rate": 1e9, "burst": 10**9}
+    settings = Settings(db_url=url, threads=5, api_keys=(key,))
+    engine = Engine.from_flow_dir(SCRIPTED, url, pool_size=settings.threads)
+    app = create_app(engine, settings)
+
+    async def call(path: str, body: dict, headers: list) -> dict:
+        raw = json.dumps(body).encode()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"host", b"bench"),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(raw)).encode()),
+                (b"authorization", f"Bearer {KEY}".encode()),
+                *headers,
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        messages = [{"type": "http.request", "body": raw, "more_body": False}]
+        out: dict = {"body": b""}
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop()
+            await asyncio.sleep(3600)  # no disconnect while the response is produced
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                out["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                out["body"] += message.get("body", b"")
+
+        await app(scope, receive, send)
+        if out.get("status") not in (200, 201):
+            raise RuntimeError(f"{path}: {out.get('status')} {out['body'][:200]!r}")
+        return json.loads(out["body"])
+
+    async def main() -> list[float]:
+        per_turn = []
+        async with app.router.lifespan_context(app):
+            for _ in range(rounds):
+                body = {"customer_id": "bench", "slots": {"customer_name": "Alex"}}
+                ids = []
+                for _ in range(sessions):
+                    ids.append((await call("/v1/sessions", body, []))["session_id"])
+                for session in ids:
+                    await call(f"/v1/sessions/{session}/turns", {"text": "yes"}, [])
+                before = time.process_time()
+                for i in range(1, turns):
+                    await asyncio.gather(
+                        *[
+                            call(
+                                f"/v1/sessions/{session}/turns",
+                                {"text": TEXTS[(i + n) % len(TEXTS)]},
+                                [(b"idempotency-key", f"k-{i}".encode())],
+                            )
+                            for n, session in enumerate(ids)
+                        ]
+                    )
+                per_turn.append((time.process_time() - before) / (sessions * (turns - 1)))
+        return per_turn
+
+    try:
+        return asyncio.run(main())
+    finally:
+        engine.store.close()
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def run(url: str, sessions: int, turns: int, rounds: int, profile: int, database: str | None):
@@ -113,6 +209,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print N functions")
+    parser.add_argument("--http", action="store_true", help="through the ASGI app as well")
     parser.add_argument("--admin-url", default=os.environ.get("SALESBOT_TEST_PG_URL", ADMIN_URL))
     args = parser.parse_args()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
@@ -132,6 +229,7 @@ def main() -> None:
                 results, classify = run(
                     url, args.sessions, args.turns, args.rounds, args.profile, database
                 )
+                http = http_run(url, args.sessions, args.turns, args.rounds) if args.http else []
             finally:
                 if admin is not None:
                     with admin.connect() as conn:
@@ -150,6 +248,13 @@ def main() -> None:
             f"classifier alone {classify * 1000:.2f} ms; "
             f"load average {Path('/proc/loadavg').read_text().split()[0]}"
         )
+        if http:
+            values = [v * 1000 for v in http]
+            print(
+                f"{backend:10s} HTTP turn (ASGI app, no server) process CPU "
+                f"{statistics.median(values):.2f} ms (rounds: "
+                f"{', '.join(f'{v:.2f}' for v in values)})"
+            )
 
 
 if __name__ == "__main__":
