@@ -66,12 +66,16 @@ def test_greedy_reply_is_identical_with_and_without_prefix_reuse(backend):
         {"role": "assistant", "content": first.text},
         {"role": "user", "content": "How much does it cost?"},
     ]
-    reused = backend.generate(follow_up, GREEDY, seed=1, session_key="s1")
+    other = [{"role": "user", "content": "Tell me a fact about trains."}]
+    backend.generate(other, GREEDY, seed=1, session_key="s2")  # s1 is parked meanwhile
     assert backend.cache_bytes > 0
+    reused = backend.generate(follow_up, GREEDY, seed=1, session_key="s1")  # restored
+    again = backend.generate(follow_up, GREEDY, seed=1, session_key="s1")  # still live
     fresh = LlamaCppBackend(threads=2, prefix_reuse=False)
-    assert fresh.generate(follow_up, GREEDY, seed=1).text == reused.text
+    assert fresh.generate(follow_up, GREEDY, seed=1).text == reused.text == again.text
     assert fresh.cache_bytes == 0
     backend.release("s1")
+    backend.release("s2")
     assert backend.cache_bytes == 0
 
 

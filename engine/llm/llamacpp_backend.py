@@ -158,7 +158,6 @@ class LlamaCppBackend:
         self.states = SessionStates(int(cache_mb * 2**20))
         self._llm = None
         self._formatter = None
-        self._live_key: str | None = None  # the session whose tokens the context holds now
         self._lock = threading.Lock()
         _import_llama()  # fail at construction, with the install hint, not mid-call
 
@@ -187,8 +186,6 @@ class LlamaCppBackend:
     def release(self, session_key: str) -> None:
         with self._lock:
             self.states.release(session_key)
-            if self._live_key == session_key:
-                self._live_key = None
 
     def _prompt_tokens(self, messages) -> tuple[list[int], list[str]]:
         """The chat prompt as tokens, with the GGUF's own chat template, and its stop strings."""
@@ -244,11 +241,10 @@ class LlamaCppBackend:
             self.load()
             llm = self._llm
             deadline = time.perf_counter() + params.deadline_s
-            if self.prefix_reuse and session_key is not None and session_key != self._live_key:
-                state = self.states.get(session_key)  # (the live context is already this one's)
+            if self.prefix_reuse and session_key is not None:
+                state = self.states.get(session_key)
                 if state is not None:
                     llm.load_state(state)
-            self._live_key = session_key
             prompt: list[int] = []
             try:
                 request = self._request(messages, params, seed)
