@@ -7,6 +7,8 @@ so that the scripted parts still overlap). The model (SmolLM2-135M-Instruct thro
 transformers, fp32), the embedder (MiniLM) and the classifier are loaded once and shared.
 
     python benchmarks/simulation_throughput.py --n-batched 64 --n-unbatched 8
+
+Run it with ``OMP_WAIT_POLICY=PASSIVE`` in the environment, as ``salesbot simulate`` sets it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from simulation_common import BROADBAND, machine, simulation
 
+from engine.cli_simulate import CACHE_MB_PER_CONVERSATION
 from engine.engine import Engine
 from engine.llm import create_backend
 from engine.simulation.batching import simulation_backend
@@ -34,7 +37,10 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"machine: {machine()}")
-    inner = create_backend("transformers")
+    # the KV-cache budget ``salesbot simulate`` gives the conversations in flight
+    inner = create_backend(
+        "transformers", cache_mb=max(512, CACHE_MB_PER_CONVERSATION * 2 * args.batch)
+    )
     started = time.perf_counter()
     base = Engine.from_flow_dir(BROADBAND, "sqlite://", backend=simulation_backend(inner, 1))
     inner.load()

@@ -1,5 +1,7 @@
 """The README's commands are the ones CI runs."""
 
+import re
+
 from tests.conftest import ROOT
 
 
@@ -11,7 +13,11 @@ def readme_commands() -> list[str]:
 def test_readme_has_exactly_two_setup_commands():
     commands = readme_commands()
     assert len(commands) == 2
-    assert commands[0].endswith("salesbot demo flows/broadband_en")
+    assert re.search(
+        r"HF_HUB_OFFLINE=1 salesbot simulate flows/broadband_en --arms hybrid,pure_llm "
+        r"--n \d+ --seed 7$",
+        commands[0],
+    )
     assert "pytest" in commands[1]
 
 
