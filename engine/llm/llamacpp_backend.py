@@ -16,9 +16,11 @@ Parameter mapping to llama.cpp's sampler:
   error rather than silently ignored.
 - ``stop`` strings map to ``stop``; ``deadline_s`` is enforced between streamed tokens.
 
-Prefix reuse: after each turn the model's state (its KV cache) is saved per session, under a
-memory budget with least-recently-used eviction; the next turn of that session loads it, and
-llama.cpp then evaluates only the tokens after the longest common prefix. Only the prompt's
+Prefix reuse: the context keeps the live session's tokens; when another session needs the
+context, the live one's state (its KV cache) is saved first ("parked"), under a memory budget
+with least-recently-used eviction. The next turn of a parked session loads its state, and
+llama.cpp then evaluates only the tokens after the longest common prefix. Saving only on a
+switch keeps the ~50 ms copy off the path of a session that speaks twice in a row. Only the prompt's
 tokens are kept reusable, not the generated ones: generated tokens were evaluated one at a
 time, and reusing their KV entries (computed with a different kernel than a batched prompt pass)
 changes greedy output in the last bits; prompt-only reuse gives the same reply as no reuse.
@@ -158,6 +160,7 @@ class LlamaCppBackend:
         self.states = SessionStates(int(cache_mb * 2**20))
         self._llm = None
         self._formatter = None
+        self._live_key: str | None = None  # the session whose tokens the context holds now
         self._lock = threading.Lock()
         _import_llama()  # fail at construction, with the install hint, not mid-call
 
@@ -181,11 +184,14 @@ class LlamaCppBackend:
 
     @property
     def cache_bytes(self) -> int:
+        """Memory held by parked sessions (the live one is in the context, allocated anyway)."""
         return self.states.bytes
 
     def release(self, session_key: str) -> None:
         with self._lock:
             self.states.release(session_key)
+            if self._live_key == session_key:
+                self._live_key = None
 
     def _prompt_tokens(self, messages) -> tuple[list[int], list[str]]:
         """The chat prompt as tokens, with the GGUF's own chat template, and its stop strings."""
@@ -241,10 +247,13 @@ class LlamaCppBackend:
             self.load()
             llm = self._llm
             deadline = time.perf_counter() + params.deadline_s
-            if self.prefix_reuse and session_key is not None:
-                state = self.states.get(session_key)
+            if session_key != self._live_key:  # else the live context is already this one's
+                if self._live_key is not None:  # park the live session's state, then switch
+                    self.states.put(self._live_key, llm.save_state())
+                state = self.states.get(session_key) if session_key is not None else None
                 if state is not None:
                     llm.load_state(state)
+            self._live_key = session_key if self.prefix_reuse else None
             prompt: list[int] = []
             try:
                 request = self._request(messages, params, seed)
@@ -262,10 +271,16 @@ class LlamaCppBackend:
             except Exception as exc:  # any failure must end in a fallback, never a crash
                 raise BackendError(f"llama.cpp generation failed: {exc}") from exc
             finally:
-                if self.prefix_reuse and session_key is not None:
-                    if llm.n_tokens >= len(prompt) and list(llm.input_ids[: len(prompt)]) == prompt:
-                        llm.n_tokens = len(prompt)  # keep only the prompt reusable (see above)
-                    self.states.put(session_key, llm.save_state())
+                keeps = self.prefix_reuse and session_key is not None
+                if (
+                    keeps
+                    and llm.n_tokens >= len(prompt)
+                    and list(llm.input_ids[: len(prompt)]) == prompt
+                ):
+                    llm.n_tokens = len(prompt)  # keep only the prompt reusable (see above)
+                    # The live logits are now the last generated token's, not the prompt's:
+                    # without this flag an identical next prompt would sample from them.
+                    llm._requires_eval = True
 
     def generate(
         self,
