@@ -18,6 +18,7 @@ idempotency key; reads and writes of the turn path use SQLAlchemy Core rows, not
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -48,6 +49,13 @@ MAX_ATTEMPTS = 5  # optimistic-concurrency retries before giving up on a contend
 HISTORY_TURNS = 12  # earlier turns read for the LLM prompt (it keeps 6 to 11, see llm.prompt)
 LOCK_STRIPES = 1024
 ARM_CACHE_SIZE = 10_000  # sessions whose (mode, arm flow) is remembered; assignments never change
+
+
+def draft_seed(snapshot: Snapshot) -> int:
+    """The sampling seed of an LLM draft: fixed by the session and the turn, so a replayed or
+    simulated call samples the same draft again (a retried turn, a re-run simulation)."""
+    digest = hashlib.sha256(f"{snapshot.id}:{snapshot.turn_count}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 class Engine:
@@ -388,11 +396,14 @@ class Engine:
             return streamed_reply(
                 self.backend, self.compliance, messages, stage.generation, plan.stage, policy,
                 snapshot.id, slots, latencies, stable_checks=early_stop, clock=self.clock,
+                seed=draft_seed(snapshot),
             )  # fmt: skip
         before = self.clock()
         try:
             # The backend enforces stage.generation.deadline_s and raises BackendError past it.
-            generation = self.backend.generate(messages, stage.generation, session_key=snapshot.id)
+            generation = self.backend.generate(
+                messages, stage.generation, seed=draft_seed(snapshot), session_key=snapshot.id
+            )
         except BackendError as exc:
             latencies["generate_ms"] = (self.clock() - before) * 1000
             return None, self.compliance.fallback(plan.stage, policy, snapshot.id, slots), str(exc)

@@ -20,6 +20,7 @@ class FakeBackend:
         self.default = default
         self.queue: deque[str | Exception] = deque()
         self.history: list[tuple[list[ChatMessage], GenerationParams]] = []
+        self.seeds: list[int | None] = []
 
     def enqueue(self, *items: str | Exception) -> FakeBackend:
         self.queue.extend(items)
@@ -36,6 +37,7 @@ class FakeBackend:
         session_key: str | None = None,
     ) -> Generation:
         self.history.append((messages, params))
+        self.seeds.append(seed)
         item = self.queue.popleft() if self.queue else self.default
         if isinstance(item, Exception):
             if isinstance(item, BackendError):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from engine.compliance import ComplianceFilter
 from engine.compliance.embedders import CharNgramEmbedder
-from engine.engine import Engine
+from engine.engine import Engine, draft_seed
 from engine.errors import MissingSlot, SessionEnded, SessionNotFound
 from engine.flow_loader import load_flow
 from intents import load_or_train
@@ -92,6 +94,23 @@ def test_off_script_llm_draft_gets_a_sticky_fallback_variant(db_url):
     audit = engine.store.compliance_decisions(session)
     assert [a.decision for a in audit] == ["fallback", "fallback"]
     assert all(a.score is None or a.score < a.threshold for a in audit)
+
+
+def test_llm_drafts_are_seeded_by_session_and_turn(db_url):
+    """Seeded sampling: a re-run of the same call draws the same drafts, other turns differ."""
+    backend = FakeBackend(default="zzzz qqqq xxxx")
+    engine = make_engine(db_url, backend)
+    sessions = [
+        engine.start(f"cust-seed-{i}", {"customer_name": "Alex"}).session_id for i in (1, 2)
+    ]
+    for session in sessions:
+        engine.turn(session, "yes")
+        engine.turn(session, "hmm what")
+    seeds = backend.seeds
+    assert all(isinstance(seed, int) for seed in seeds) and len(set(seeds)) == 4
+    now = engine.store.read_turn(sessions[0], None, 12)[0]  # after two customer turns
+    before = [dataclasses.replace(now, turn_count=count) for count in (0, 1)]
+    assert seeds[:2] == [draft_seed(snapshot) for snapshot in before]
 
 
 def test_backend_failure_sends_the_fallback_and_logs_the_error(db_url):

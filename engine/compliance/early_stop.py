@@ -122,6 +122,7 @@ def streamed_reply(
     *,
     stable_checks: int,
     clock: Callable[[], float] = time.perf_counter,
+    seed: int | None = None,
 ) -> tuple[str | None, ComplianceResult, str | None]:
     """The engine's LLM reply through ``backend.stream``: (raw draft, decision, error).
 
@@ -131,7 +132,7 @@ def streamed_reply(
     before = clock()
     try:
         drafted = stream_and_match(
-            backend.stream(messages, params, session_key=session_key),
+            backend.stream(messages, params, seed=seed, session_key=session_key),
             lambda text: compliance.match(text, policy, slots),
             policy,
             stable_checks=stable_checks,
