@@ -130,7 +130,7 @@ def paired_sentence(comparison, label: str, alpha: float = 0.05) -> str:
         f"{comparison.arm} vs {comparison.control}: {label.lower()} {_percent(t.rate_b)} vs "
         f"{_percent(t.rate_a)} ({_points(t.diff)} pts); {t.only_a + t.only_b} discordant "
         f"customers ({t.only_b} closed only with {comparison.arm}, {t.only_a} only with "
-        f"{comparison.control}); McNemar{' exact' if t.exact else ''} p = {_p(t.p_value)}: "
+        f"{comparison.control}); McNemar {t.method} p = {_p(t.p_value)}: "
         f"{verdict} at {alpha:g}."
     )
 
@@ -156,7 +156,7 @@ def simulation_markdown(report, paired, params: dict, report_name: str) -> str:
         lines.append(
             f"| {c.arm} | {c.control} | {t.pairs} | {_percent(t.rate_b)} | {_percent(t.rate_a)}"
             f" | {_points(t.diff)} | {t.only_b} | {t.only_a} | {_p(t.p_value)}"
-            f"{' (exact)' if t.exact else ''} |"
+            f" ({t.method}) |"
         )
     lines += ["", *[paired_sentence(c, report.primary_label, report.alpha) for c in paired], ""]
     return "\n".join(lines)

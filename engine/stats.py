@@ -158,12 +158,30 @@ class Paired:
     diff: float | None  # rate_b - rate_a
     statistic: float
     p_value: float
-    exact: bool
+    method: str  # mid-p | exact | chi2
+
+    @property
+    def exact(self) -> bool:
+        return self.method != "chi2"
 
 
-def mcnemar_paired(a: Sequence[bool], b: Sequence[bool], exact: bool | None = None) -> Paired:
-    """McNemar's test of a vs b over the same units. Exact binomial when discordant pairs are
-    few (< 25, the usual rule), chi-square with continuity correction otherwise."""
+MCNEMAR_METHODS = ("mid-p", "exact", "chi2")
+
+
+def mcnemar_paired(a: Sequence[bool], b: Sequence[bool], method: str = "mid-p") -> Paired:
+    """McNemar's test of a vs b over the same units.
+
+    ``mid-p`` (the default) is the exact conditional binomial test minus half the probability
+    of the observed split: the exact test's p-values are so discrete with the few discordant
+    pairs of a sales A/B (often under 10) that its real false-positive rate falls far below
+    alpha (measured: 1% at alpha 5% in benchmarks/simulation_aa.py); mid-p keeps close to the
+    nominal rate, and Fagerland, Lydersen and Laake (BMC Med Res Methodol 2013, "The McNemar
+    test for binary matched-pairs data: mid-p and asymptotic are better than exact conditional")
+    recommend it. ``exact`` is the exact binomial test, ``chi2`` the chi-square test with
+    continuity correction.
+    """
+    if method not in MCNEMAR_METHODS:
+        raise ValueError(f"unknown McNemar method {method!r} (known: {', '.join(MCNEMAR_METHODS)})")
     if len(a) != len(b):
         raise ValueError(f"paired outcomes need equal lengths, got {len(a)} and {len(b)}")
     both = sum(1 for x, y in zip(a, b, strict=True) if x and y)
@@ -171,14 +189,18 @@ def mcnemar_paired(a: Sequence[bool], b: Sequence[bool], exact: bool | None = No
     only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
     neither = len(a) - both - only_a - only_b
     discordant = only_a + only_b
-    use_exact = discordant < 25 if exact is None else exact
     n = len(a)
     rate_a = (both + only_a) / n if n else None
     rate_b = (both + only_b) / n if n else None
     if discordant == 0:
         statistic, p = 0.0, 1.0
+    elif method == "mid-p":
+        k = min(only_a, only_b)
+        statistic = float(k)
+        p = 2 * (sps.binom.cdf(k, discordant, 0.5) - 0.5 * sps.binom.pmf(k, discordant, 0.5))
     else:
-        result = mcnemar([[both, only_a], [only_b, neither]], exact=use_exact, correction=True)
+        table = [[both, only_a], [only_b, neither]]
+        result = mcnemar(table, exact=method == "exact", correction=True)
         statistic, p = float(result.statistic), float(result.pvalue)
     return Paired(
         pairs=n,
@@ -190,8 +212,8 @@ def mcnemar_paired(a: Sequence[bool], b: Sequence[bool], exact: bool | None = No
         rate_b=rate_b,
         diff=None if n == 0 else (only_b - only_a) / n,
         statistic=statistic,
-        p_value=min(p, 1.0),
-        exact=use_exact,
+        p_value=min(float(p), 1.0),
+        method=method,
     )
 
 

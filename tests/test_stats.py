@@ -112,21 +112,37 @@ def test_minimum_detectable_effect_has_the_declared_power(baseline, n0, n1):
     assert stats.minimum_detectable_effect(baseline, 0, n1) is None
 
 
-def test_mcnemar_exact_and_chi_square_match_scipy():
+def test_mcnemar_exact_mid_p_and_chi_square_match_independent_computations():
     rng = random.Random(11)
     a = [rng.random() < 0.3 for _ in range(200)]
     b = [x if rng.random() < 0.85 else not x for x in a]
-    result = stats.mcnemar_paired(a, b, exact=True)
+    result = stats.mcnemar_paired(a, b, method="exact")
     only_a = sum(x and not y for x, y in zip(a, b, strict=True))
     only_b = sum(y and not x for x, y in zip(a, b, strict=True))
     assert (result.only_a, result.only_b, result.pairs) == (only_a, only_b, 200)
     assert result.p_value == pytest.approx(sps.binomtest(only_a, only_a + only_b, 0.5).pvalue)
-    chi = stats.mcnemar_paired(a, b, exact=False)
+    chi = stats.mcnemar_paired(a, b, method="chi2")
     statistic = (abs(only_a - only_b) - 1) ** 2 / (only_a + only_b)
     assert chi.statistic == pytest.approx(statistic)
     assert chi.p_value == pytest.approx(sps.chi2.sf(statistic, 1))
     assert result.diff == pytest.approx(sum(b) / 200 - sum(a) / 200)
     assert stats.mcnemar_paired([True, False], [True, False]).p_value == 1.0
+    # mid-p, the default: 2 * (P(X < k) + P(X = k) / 2) for X ~ Binomial(discordant, 1/2)
+    k, n = min(only_a, only_b), only_a + only_b
+    below = sum(math.comb(n, i) for i in range(k)) / 2**n
+    mid = stats.mcnemar_paired(a, b)
+    assert mid.method == "mid-p" and mid.p_value == pytest.approx(
+        2 * (below + math.comb(n, k) / 2**n / 2)
+    )
+    assert mid.p_value < result.p_value
+    # 1 vs 0 discordant: the exact test says p = 1, mid-p says 0.5; 3 vs 0: 0.25 and 0.125
+    one = stats.mcnemar_paired([True, False], [False, False])
+    assert one.p_value == pytest.approx(0.5)
+    assert stats.mcnemar_paired([True, False], [False, False], "exact").p_value == 1.0
+    three = stats.mcnemar_paired([True] * 3 + [False], [False] * 4)
+    assert three.p_value == pytest.approx(0.125)
+    with pytest.raises(ValueError, match="unknown McNemar method"):
+        stats.mcnemar_paired([True], [True], method="fisher")
     with pytest.raises(ValueError):
         stats.mcnemar_paired([True], [True, False])
 
