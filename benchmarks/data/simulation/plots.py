@@ -1,4 +1,5 @@
-"""Plots of the simulation benchmarks' saved outputs (sensitivity-n200.txt, aa-200x50.txt)."""
+"""Plots of the simulation benchmarks' saved outputs (sensitivity-n200.txt, the largest A/A run:
+aa-200xBLOCK.txt)."""
 
 import re
 from pathlib import Path
@@ -36,7 +37,9 @@ fig.tight_layout()
 fig.savefig(out + "sensitivity.png", dpi=110)
 # A/A
 aa = []
-for line in Path(out + "aa-200x50.txt").read_text().splitlines():
+aa_runs = sorted(Path(out).glob("aa-200x*.txt"), key=lambda p: int(p.stem.split("x")[1]))
+aa_file = aa_runs[-1]
+for line in aa_file.read_text().splitlines():
     m = re.match(r"\| (.+?) \| (\d+)/(\d+) \| ([\d.]+)% \| ([\d.]+)-([\d.]+)% \|", line)
     if m:
         aa.append(
@@ -49,6 +52,7 @@ ax.axvline(5, color="C3", ls="--", label="alpha = 5%")
 ax.set_yticks(range(len(aa)))
 ax.set_yticklabels([a[0] for a in aa[::-1]])
 ax.set_xlabel("false positives, % (200 A/A runs, 95% Wilson CI)")
+ax.set_title(f"A/A, 200 replications of {aa_file.stem.split('x')[1]} customers per arm")
 ax.legend(loc="lower right")
 ax.grid(axis="x", alpha=0.3)
 fig.tight_layout()
