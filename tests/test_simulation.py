@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import threading
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -19,6 +21,7 @@ from engine.engine import Engine
 from engine.flow_loader import load_flow
 from engine.report import build_report
 from engine.simulation import Simulation, choose, load_population
+from engine.simulation.batching import RoundBatcher
 from engine.simulation.results import (
     outcome_counts,
     paired_comparisons,
@@ -269,6 +272,36 @@ def test_an_interrupted_run_resumes_to_the_same_results(parts, baseline, db_url)
     assert (again.new, again.resumed) == (0, again.total)
 
 
+class JitteryBatches(Drafts):
+    """Drafts in batches, each taking a random time, recording which sessions shared one."""
+
+    def __init__(self, flow, seed: int):
+        super().__init__(flow)
+        self.random = random.Random(seed)
+        self.batches: list[tuple[str, ...]] = []
+
+    def generate_batch(self, items):
+        self.batches.append(tuple(item.session_key for item in items))
+        time.sleep(self.random.uniform(0, 0.02))
+        return [self.generate(list(i.messages), i.params, i.seed, i.session_key) for i in items]
+
+
+def test_batches_are_formed_by_the_conversations_not_by_thread_timing(parts, tmp_path):
+    """Which drafts share a forward pass decides their logits' last bits: the same run must
+    form the same batches however the threads are scheduled."""
+    runs = []
+    for jitter in (1, 2):
+        llm = JitteryBatches(parts["flow"], seed=jitter)
+        db = f"sqlite:///{tmp_path / f'jitter{jitter}.db'}"
+        engine, _, result = simulate(parts, db, backend=RoundBatcher(llm, max_batch=3), n=8,
+                                     concurrency=5)  # fmt: skip
+        runs.append((llm.batches, transcript(engine, result.run_id)))
+    (batches, first), (batches2, second) = runs
+    assert batches == batches2 and first == second
+    assert max(len(b) for b in batches) == 3 and len(batches) > 10
+    assert all(list(b) == sorted(b) for b in batches)  # session order within a round
+
+
 def test_outcomes_cover_the_flow(baseline):
     engine, _, result = baseline
     counts = outcome_counts(run_conversations(engine.store, result.run_id))
@@ -344,7 +377,6 @@ def test_the_simulate_command_sizes_the_kv_cache_for_the_conversations_in_flight
 
     flow = load_flow(BROADBAND)
     llm = _build_backend(None, flow, 32, 64)  # builds, does not load the model
-    inner = llm.inner.inner  # BatchOnly -> BatchingBackend -> TransformersBackend
-    assert llm.inner.max_batch == 32
-    assert inner.cache_mb == CACHE_MB_PER_CONVERSATION * 64
-    assert _build_backend(None, flow, 1, 4).inner.cache_mb == 512  # unbatched: not wrapped
+    assert isinstance(llm, RoundBatcher) and llm.max_batch == 32
+    assert llm.inner.cache_mb == CACHE_MB_PER_CONVERSATION * 64
+    assert _build_backend(None, flow, 1, 4).inner.cache_mb == 512

@@ -1,31 +1,169 @@
-"""The LLM backend a simulation runs with: every call goes through the batching queue.
+"""The LLM backend a simulation runs with: batches formed in rounds, so a seed fixes the report.
 
-The engine streams a draft (and cuts it short once its nearest script is settled) whenever the
-backend can stream. That is the right trade for one live caller waiting on the line, but a
-streamed generation is one sequence in one forward pass, so a simulation of hundreds of
-conversations would not batch at all. :class:`BatchOnly` exposes ``generate`` (and
-``release``) but not ``stream``, so the engine takes its whole-draft path and concurrent
-conversations share the batching backend's forward passes. Each draft is still judged by the
-same compliance filter; only the early-stop shortcut is not taken.
+Three things set this apart from :class:`engine.llm.batching.BatchingBackend` (the time-window
+batcher a live service would use):
 
-Simulated time is not wall time: with 64 conversations in flight each call also waits for the
-others' batch, which a live caller never does, so a stage's ``deadline_s`` (a live-latency
-guard, queueing included) would turn simulated drafts into deadline fallbacks whenever the
-machine is busy, and the results would measure the machine instead of the bot. The adapter
-lifts it to :data:`SIMULATION_DEADLINE_S` (a day: no deadline); what a slow backend does to
-live calls is measured by the LLM-stage benchmarks, not by the simulation.
+- **Rounds, not time windows.** A batched forward pass does not give a row bit for bit the
+  logits it would get in another batch: the matrix kernels' blocking and the padded attention
+  width depend on which rows share the pass. With sampled drafts, a logit that moves in its
+  last bits changes a token now and then (measured: one or two drafts in a 100-customer run),
+  and the time-window batcher made batches out of whatever arrived within 5 ms, so two runs
+  with the same seed differed. Here the conversations in flight are *members* of a round: a
+  batch is sent only when every member is waiting for the LLM (or has left), in session-id
+  order, in chunks of ``max_batch``. Which requests share a batch then depends only on the
+  conversations, never on thread timing, and two runs with the same seed on the same machine
+  store the same drafts. (The run's conversations are handed out in order from one queue; the
+  set of requests in each round does not depend on which thread runs which conversation.)
+- **No streaming.** The engine streams a draft (and cuts it short once its nearest script is
+  settled) whenever the backend can stream. That is the right trade for one live caller, but a
+  streamed generation is one sequence in one forward pass, so a simulation would not batch at
+  all. The batcher has ``generate`` (and ``release``) but not ``stream``, so the engine takes
+  its whole-draft path. Each draft is still judged by the same compliance filter.
+- **No deadline.** Simulated time is not wall time: each call also waits for the others in its
+  round, which a live caller never does, so a stage's ``deadline_s`` (a live-latency guard,
+  queueing included) would turn drafts into deadline fallbacks whenever the machine is busy,
+  and the results would measure the machine instead of the bot. Requests go out with
+  :data:`SIMULATION_DEADLINE_S` (a day); what a slow backend does to live calls is measured by
+  the LLM-stage benchmarks.
+
+Outside :meth:`RoundBatcher.members` (one conversation driven by hand, as in tests), each call
+is its own batch of one.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 from engine.generation import GenerationParams
-from engine.llm.base import ChatMessage, Generation
+from engine.llm.base import BackendError, BatchItem, ChatMessage, Generation
+from engine.llm.batching import BatchStats
 
 SIMULATION_DEADLINE_S = 86_400.0  # set on a copy; GenerationParams caps what flows may declare
 
 
+@dataclass
+class _Request:
+    item: BatchItem
+    future: Future
+    arrival: int  # tie-break for requests without a session key
+
+
+class RoundBatcher:
+    """Wraps a backend with ``generate_batch``; sends a round's requests when all members wait.
+
+    ``max_batch`` 1 keeps the rounds but runs every request alone (the unbatched reference).
+    """
+
+    def __init__(self, inner, max_batch: int = 32):
+        if not hasattr(inner, "generate_batch"):
+            raise TypeError(f"{type(inner).__name__} has no generate_batch to batch with")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.inner = inner
+        self.max_batch = max_batch
+        self.name = getattr(inner, "name", type(inner).__name__)
+        self.stats = BatchStats()
+        self._lock = threading.Lock()
+        self._members = 0
+        self._pending: list[_Request] = []
+        self._arrivals = 0
+
+    # -- membership ------------------------------------------------------------------------------
+
+    @contextmanager
+    def members(self, count: int) -> Iterator[None]:
+        """``count`` threads take part in rounds until each calls :meth:`leave` (or the block
+        ends). A round is sent when every member still in is waiting for the LLM."""
+        with self._lock:
+            if self._members:
+                raise RuntimeError("rounds are already open")
+            self._members = count
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._members = 0
+                ready = self._take_pending()
+            self._dispatch(ready)
+
+    def leave(self) -> None:
+        """A member has no more conversations; the round no longer waits for it."""
+        with self._lock:
+            self._members = max(0, self._members - 1)
+            ready = self._take_pending() if len(self._pending) >= self._members else []
+        self._dispatch(ready)
+
+    # -- the backend contract ----------------------------------------------------------------
+
+    def load(self) -> None:
+        load = getattr(self.inner, "load", None)
+        if load is not None:
+            load()
+
+    def generate(
+        self,
+        messages: list[ChatMessage],
+        params: GenerationParams,
+        seed: int | None = None,
+        session_key: str | None = None,
+    ) -> Generation:
+        relaxed = params.model_copy(update={"deadline_s": SIMULATION_DEADLINE_S})
+        future: Future = Future()
+        with self._lock:
+            self._arrivals += 1
+            request = _Request(BatchItem(messages, relaxed, seed, session_key), future,
+                               self._arrivals)  # fmt: skip
+            self._pending.append(request)
+            ready = self._take_pending() if len(self._pending) >= self._members else []
+        self._dispatch(ready)
+        generation = future.result()
+        if generation.finish_reason == "error":
+            raise BackendError("the backend failed on this request")
+        return generation
+
+    def release(self, session_key: str) -> None:
+        release = getattr(self.inner, "release", None)
+        if release is not None:
+            release(session_key)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+    # -- rounds ----------------------------------------------------------------------------------
+
+    def _take_pending(self) -> list[_Request]:
+        ready, self._pending = self._pending, []
+        return ready
+
+    def _dispatch(self, ready: list[_Request]) -> None:
+        """Run a round in the thread that completed it, in session order, ``max_batch`` at a
+        time; each chunk's callers go on as soon as their chunk is done."""
+        ready.sort(key=lambda r: (r.item.session_key or "", r.arrival))
+        for start in range(0, len(ready), self.max_batch):
+            chunk = ready[start : start + self.max_batch]
+            self.stats.batches += 1
+            self.stats.requests += len(chunk)
+            self.stats.sizes.append(len(chunk))
+            try:
+                results = self.inner.generate_batch([r.item for r in chunk])
+            except Exception as exc:  # a failed batch fails its callers (they fall back)
+                error = exc if isinstance(exc, BackendError) else BackendError(str(exc))
+                for request in chunk:
+                    request.future.set_exception(error)
+                continue
+            for request, result in zip(chunk, results, strict=True):
+                request.future.set_result(result)
+
+
 class BatchOnly:
-    """Wraps a backend (usually a ``BatchingBackend``) and hides its ``stream`` capability."""
+    """A backend that cannot batch, without its ``stream`` capability and its deadlines (see
+    the module docstring); calls from many threads are serialised by the backend itself."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -62,10 +200,9 @@ class BatchOnly:
             close()
 
 
-def simulation_backend(inner, max_batch: int = 32, max_wait_ms: float = 5.0):
-    """``inner`` batched (when it can batch and ``max_batch`` > 1), without streaming."""
-    from engine.llm import BatchingBackend
-
-    if max_batch > 1 and hasattr(inner, "generate_batch"):
-        return BatchOnly(BatchingBackend(inner, max_batch=max_batch, max_wait_ms=max_wait_ms))
+def simulation_backend(inner, max_batch: int = 32) -> RoundBatcher | BatchOnly:
+    """``inner`` in rounds of at most ``max_batch`` requests when it can batch; otherwise
+    called directly (an OpenAI-compatible server batches by itself)."""
+    if hasattr(inner, "generate_batch"):
+        return RoundBatcher(inner, max_batch=max_batch)
     return BatchOnly(inner)

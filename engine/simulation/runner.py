@@ -6,9 +6,11 @@
   are a ``simulation_runs`` row.
 - **Paired.** Customer ``i`` is the same persona, with the same random numbers, in every arm:
   its Generator is seeded with ``(seed, i)`` and its customer id is the same.
-- **Batched.** Conversations run on a thread pool; the engine holds no lock while it waits for
-  the LLM, so a batching backend groups the LLM calls of many conversations into one forward
-  pass. Arms are interleaved so both fill the same batches.
+- **Batched, reproducibly.** ``concurrency`` threads take conversations in order from one
+  queue; the engine holds no lock while it waits for the LLM, so the simulation backend
+  (:class:`engine.simulation.batching.RoundBatcher`) sends one batch when every thread is
+  waiting for the LLM: which drafts share a forward pass depends on the conversations only,
+  never on thread timing. Arms are interleaved so both fill the same batches.
 - **Resumable.** The run id is a hash of everything that determines the results (flow version,
   personas and utterances, arms, n, seed, backend, embedder), and session ids derive from it, so
   running the same command again finds the interrupted run. A finished conversation is kept; an
@@ -25,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +35,7 @@ from sqlalchemy import select
 
 from engine.engine import Engine
 from engine.experiments import Experiment
+from engine.simulation.batching import RoundBatcher
 from engine.simulation.customer import SimulatedCustomer
 from engine.simulation.design import Arm, SimulationError
 from engine.simulation.personas import Population
@@ -180,13 +184,31 @@ class Simulation:
             for i, arm in tasks
             if status.get(self.plan.session_id(run_id, arm, i)) in (None, "active")
         ]
+        queue = iter(todo)
+        queue_lock = threading.Lock()
 
-        def task(index: int, arm: Arm) -> None:
-            if self._converse(run_id, index, arm, status, stop):
-                finished()
+        def member() -> None:
+            """One thread: conversations from the shared queue until it is empty."""
+            try:
+                while not stop.is_set():
+                    with queue_lock:
+                        task = next(queue, None)
+                    if task is None:
+                        return
+                    if self._converse(run_id, *task, status, stop):
+                        finished()
+            finally:
+                if rounds is not None:
+                    rounds.leave()  # the LLM rounds stop waiting for this thread
 
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="sim") as pool:
-            futures = [pool.submit(task, i, arm) for i, arm in todo]
+        threads = min(self.concurrency, len(todo))
+        backend = self.engine.backend
+        rounds = backend if isinstance(backend, RoundBatcher) else None
+        with (
+            rounds.members(threads) if rounds is not None else nullcontext(),
+            ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="sim") as pool,
+        ):
+            futures = [pool.submit(member) for _ in range(threads)]
             try:
                 wait(futures, return_when=FIRST_EXCEPTION)
                 for future in futures:
