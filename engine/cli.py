@@ -60,7 +60,10 @@ BACKEND_HELP = "LLM backend for this run (default: the flow's llm.backend)."
 
 
 def _build_engine(flow_dir: str, db: str, backend: str | None = None):
+    from sqlalchemy.exc import SQLAlchemyError
+
     from engine.engine import Engine
+    from storage.repository import describe_db_error
 
     _load_flow_or_exit(flow_dir)  # configuration errors exit 2 before any model loads
     with console.status("Loading flow, classifier, embedder and LLM..."):
@@ -68,6 +71,8 @@ def _build_engine(flow_dir: str, db: str, backend: str | None = None):
             engine = Engine.from_flow_dir(flow_dir, db, backend_name=backend)
         except SalesbotError as exc:
             raise ConfigError(str(exc)) from None
+        except (SQLAlchemyError, ModuleNotFoundError) as exc:  # unreachable, bad URL, no driver
+            raise ConfigError(f"--db: cannot open the database: {describe_db_error(exc)}") from None
         engine.backend.load()  # type: ignore[attr-defined]
     return engine
 

@@ -119,9 +119,9 @@ def serve(
     from engine.engine import Engine
     from engine.http.app import create_app
     from engine.http.auth import load_keys
-    from engine.http.errors import describe_db_error
     from engine.http.settings import Settings, import_plugins
     from engine.llm import available_backends
+    from storage.repository import describe_db_error
 
     base = Settings.from_env
     overrides: dict = {"flow_dir": flow_dir, "db_url": db}

@@ -30,9 +30,11 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy.exc import SQLAlchemyError
 
 from engine.cli_common import DB_HELP, ConfigError, console
 from engine.errors import FlowValidationError, SalesbotError
+from storage.repository import describe_db_error
 
 DEFAULT_N = 100
 DEFAULT_BATCH = 32
@@ -234,6 +236,8 @@ def simulate(
         )  # fmt: skip
     except SalesbotError as exc:
         raise ConfigError(str(exc)) from None
+    except (SQLAlchemyError, ModuleNotFoundError) as exc:  # unreachable, bad URL, no driver
+        raise ConfigError(f"--db: cannot open the database: {describe_db_error(exc)}") from None
     labels = ", ".join(f"{a.label} ({a.mode})" for a in chosen)
     source = "experiments.yaml" if spec.name in experiments else "ad hoc"
     console.print(

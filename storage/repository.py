@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -39,7 +40,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
@@ -240,6 +241,10 @@ def make_engine(url: str, pool_size: int | None = None) -> SAEngine:
             pool_recycle=POOL_RECYCLE_S,
         )
     in_memory = url in ("sqlite://", "sqlite:///:memory:")
+    database = make_url(url).database
+    if not in_memory and database and not database.startswith("file:"):
+        # like --out: a database file may name a folder that does not exist yet
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 30},
@@ -266,6 +271,15 @@ def make_engine(url: str, pool_size: int | None = None) -> SAEngine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """The driver error's class and first line: no SQL, no parameters."""
+    orig = getattr(exc, "orig", None) or exc
+    first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    if isinstance(exc, sa_exc.StatementError) and orig is exc:
+        first = ""  # a statement error without a driver error: its text is the statement
+    return f"{type(orig).__name__}: {first}"[:300]
 
 
 class Store:

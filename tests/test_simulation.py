@@ -364,6 +364,15 @@ def test_bad_arguments_exit_2(args, message, tmp_path):
     assert result.exit_code == 2 and message in result.output
 
 
+def test_an_unreachable_database_exits_2_with_the_reason():
+    args = ["simulate", str(BROADBAND), "--n", "1", "--backend", "script-sampler",
+            "--embedder", "tfidf-char", "--db", "postgresql://nobody@127.0.0.1:9/none"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "--db: cannot open the database" in result.output and "refused" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_a_flow_without_personas_exits_2(tmp_path):
     result = CliRunner().invoke(main, ["simulate", str(ROOT / "tests" / "flows" / "mini")])
     assert result.exit_code == 2

@@ -58,6 +58,13 @@ class SlowBackend(FakeBackend):
         return super().generate(messages, params, seed, session_key)
 
 
+def test_a_sqlite_file_in_a_folder_not_made_yet_is_created(tmp_path):
+    path = tmp_path / "runs" / "today" / "salesbot.db"
+    store = Store(f"sqlite:///{path}")
+    store.close()
+    assert path.is_file()
+
+
 @pytest.mark.parametrize("workers", ["one engine", "two engines"])
 def test_concurrent_turns_of_one_session_are_serialised(db_url, workers):
     engine = make_engine(db_url, SlowBackend(default="faster plan for eight pounds"))

@@ -29,6 +29,7 @@ from engine.errors import (
     SessionNotFound,
 )
 from engine.http.metrics import Metrics
+from storage.repository import describe_db_error
 
 log = logging.getLogger("salesbot.http")
 
@@ -103,15 +104,6 @@ def error_response(
 ) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details or []}}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-def describe_db_error(exc: BaseException) -> str:
-    """The driver error's class and first line: no SQL, no parameters."""
-    orig = getattr(exc, "orig", None) or exc
-    first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
-    if isinstance(exc, sa_exc.StatementError) and orig is exc:
-        first = ""  # a statement error without a driver error: its text is the statement
-    return f"{type(orig).__name__}: {first}"[:300]
 
 
 def install(app: FastAPI, metrics: Metrics, retry_after_s: int) -> None:
