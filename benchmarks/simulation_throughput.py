@@ -1,9 +1,11 @@
 """Simulation throughput with the real models: conversations per minute per arm, batched vs not.
 
 Each arm (hybrid, pure_llm) runs alone on a fresh database, once with LLM calls batched across
-conversations (``BatchingBackend``, batch 32, 64 conversations in flight: what ``salesbot
+conversations (``RoundBatcher``, batch 32, 64 conversations in flight: what ``salesbot
 simulate`` does) and once unbatched (each call its own forward pass; 4 conversations in flight
-so that the scripted parts still overlap). The model (SmolLM2-135M-Instruct through
+so that the scripted parts still overlap). Besides conversations per minute it reports LLM
+drafts per minute, which does not depend on how many drafts the customers of each sample
+happened to need. The model (SmolLM2-135M-Instruct through
 transformers, fp32), the embedder (MiniLM) and the classifier are loaded once and shared.
 
     python benchmarks/simulation_throughput.py --n-batched 64 --n-unbatched 8
@@ -63,18 +65,24 @@ def main() -> None:
             result = sim.run()
             stats = backend.stats
             per_minute = 60 * result.new / result.seconds
-            measured[label] = per_minute
-            sizes = f"{stats.mean_size:.1f}" if stats is not None and stats.batches else "1"
+            drafts = 60 * stats.requests / result.seconds
+            measured[label] = (per_minute, drafts)
             rows.append(
-                f"| {arm} | {label} | {result.new} | {result.seconds:.0f} | {per_minute:.1f} | "
-                f"{sizes} |"
+                f"| {arm} | {label} | {result.new} | {stats.requests} | {result.seconds:.0f} | "
+                f"{per_minute:.1f} | {drafts:.1f} | {stats.mean_size:.1f} |"
             )
             print(rows[-1], flush=True)
             getattr(backend, "close", lambda: None)()
-        rows.append(f"| {arm} | ratio | | | {measured['batched'] / measured['unbatched']:.1f}x | |")
+        (conv_b, drafts_b), (conv_u, drafts_u) = measured["batched"], measured["unbatched"]
+        rows.append(
+            f"| {arm} | ratio | | | | {conv_b / conv_u:.1f}x | {drafts_b / drafts_u:.1f}x | |"
+        )
         print(rows[-1], flush=True)
-    print("\n| arm | LLM calls | conversations | seconds | conversations/min | mean batch |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "\n| arm | LLM calls | conversations | drafts | seconds | conversations/min "
+        "| drafts/min | mean batch |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

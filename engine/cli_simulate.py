@@ -273,6 +273,13 @@ def simulate(
             raise click.ClickException(str(exc)) from None
     if result.resumed:
         console.print(f"resumed: {result.resumed} conversations were already finished")
+    stalled = getattr(getattr(llm, "stats", None), "stalled", 0)
+    if stalled:
+        console.print(
+            f"[yellow]warning[/yellow]: {stalled} LLM round(s) went out incomplete (a "
+            "conversation was blocked outside the LLM); those batches depended on timing, so a "
+            "rerun may differ in some drafts."
+        )
     report = build_report(engine.store, spec.name, run_id=result.run_id)
     paired = paired_comparisons(
         run_conversations(engine.store, result.run_id), spec, [a.label for a in chosen]

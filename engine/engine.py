@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -39,6 +38,7 @@ from engine.llm import BackendError, LLMBackend, create_backend
 from engine.llm.prompt import build_messages
 from engine.policy import Arm, Decision, ReplyPlan, decide, entry
 from engine.reply import Reply
+from engine.session_locks import SessionLocks
 from engine.text import storable
 from intents import IntentClassifier, IntentPrediction, load_or_train
 from storage import Store
@@ -47,7 +47,6 @@ from storage.repository import Snapshot, reply_from_row
 
 MAX_ATTEMPTS = 5  # optimistic-concurrency retries before giving up on a contended session
 HISTORY_TURNS = 12  # earlier turns read for the LLM prompt (it keeps 6 to 11, see llm.prompt)
-LOCK_STRIPES = 1024
 ARM_CACHE_SIZE = 10_000  # sessions whose (mode, arm flow) is remembered; assignments never change
 
 
@@ -80,7 +79,7 @@ class Engine:
         self.compliance = compliance
         self.store = store
         self.clock = clock
-        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._session_locks = SessionLocks()
 
     @classmethod
     def from_flow_dir(
@@ -199,7 +198,7 @@ class Engine:
         and writes nothing new.
         """
         for _ in range(MAX_ATTEMPTS):
-            with self._session_lock(session_id):
+            with self._session_locks.hold(session_id):
                 snapshot, stored = self.store.read_turn(session_id, idempotency_key, HISTORY_TURNS)
                 if stored is not None:
                     return stored
@@ -257,11 +256,6 @@ class Engine:
         return self.store.turns(session_id)
 
     # -- one turn's work ----------------------------------------------------------------------
-
-    def _session_lock(self, session_id: str) -> threading.Lock:
-        """In-process serialisation per session (striped), so one process never computes the
-        same session's turn twice at once; other sessions rarely share a stripe."""
-        return self._locks[hash(session_id) % LOCK_STRIPES]
 
     def _arm_flow(self, record: Mapping[str, Any]) -> Flow:
         """The flow an arm runs: the base flow with the assignment's overrides applied."""

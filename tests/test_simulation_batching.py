@@ -87,6 +87,17 @@ def test_a_member_that_leaves_no_longer_holds_the_round():
     assert inner.batches == [["a", "b"]] and replies["a"] == "reply to a"
 
 
+def test_a_round_whose_member_never_comes_is_sent_after_the_stall_time():
+    inner = Recording()
+    batcher = RoundBatcher(inner)
+    batcher.stall_s = 0.2
+    with batcher.members(2):  # the second member is blocked elsewhere and never calls
+        assert batcher.generate(MESSAGES, PARAMS, session_key="a").text == "reply to a"
+        batcher.leave()
+        batcher.leave()
+    assert inner.batches == [["a"]] and batcher.stats.stalled == 1
+
+
 def test_outside_rounds_each_call_is_a_batch_of_one():
     inner = Recording()
     batcher = RoundBatcher(inner)

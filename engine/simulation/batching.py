@@ -27,14 +27,20 @@ batcher a live service would use):
   the LLM-stage benchmarks.
 
 Outside :meth:`RoundBatcher.members` (one conversation driven by hand, as in tests), each call
-is its own batch of one.
+is its own batch of one. A member that blocks on something other than the LLM while another
+member's round waits would hang the run (the engine's per-session locks are why none does);
+should a round stay incomplete for :data:`ROUND_STALL_S` with no batch running and no member
+arriving, what is waiting is sent anyway and counted in ``stats.stalled`` (the run finishes,
+but its batches then depended on timing, and ``salesbot simulate`` says so).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -43,6 +49,12 @@ from engine.llm.base import BackendError, BatchItem, ChatMessage, Generation
 from engine.llm.batching import BatchStats
 
 SIMULATION_DEADLINE_S = 86_400.0  # set on a copy; GenerationParams caps what flows may declare
+ROUND_STALL_S = 30.0  # an incomplete round, with no batch running, is sent after this long
+
+
+@dataclass
+class RoundStats(BatchStats):
+    stalled: int = 0  # rounds sent incomplete because a member never came
 
 
 @dataclass
@@ -66,8 +78,11 @@ class RoundBatcher:
         self.inner = inner
         self.max_batch = max_batch
         self.name = getattr(inner, "name", type(inner).__name__)
-        self.stats = BatchStats()
+        self.stats = RoundStats()
+        self.stall_s = ROUND_STALL_S
         self._lock = threading.Lock()
+        self._running = 0  # rounds being dispatched now
+        self._last_activity = time.monotonic()  # a request arrived, a member left, a round ended
         self._members = 0
         self._pending: list[_Request] = []
         self._arrivals = 0
@@ -94,6 +109,7 @@ class RoundBatcher:
         """A member has no more conversations; the round no longer waits for it."""
         with self._lock:
             self._members = max(0, self._members - 1)
+            self._last_activity = time.monotonic()
             ready = self._take_pending() if len(self._pending) >= self._members else []
         self._dispatch(ready)
 
@@ -118,9 +134,10 @@ class RoundBatcher:
             request = _Request(BatchItem(messages, relaxed, seed, session_key), future,
                                self._arrivals)  # fmt: skip
             self._pending.append(request)
+            self._last_activity = time.monotonic()
             ready = self._take_pending() if len(self._pending) >= self._members else []
         self._dispatch(ready)
-        generation = future.result()
+        generation = self._wait(request)
         if generation.finish_reason == "error":
             raise BackendError("the backend failed on this request")
         return generation
@@ -137,14 +154,38 @@ class RoundBatcher:
 
     # -- rounds ----------------------------------------------------------------------------------
 
+    def _wait(self, request: _Request) -> Generation:
+        while True:
+            try:
+                return request.future.result(timeout=self.stall_s)
+            except FutureTimeout:
+                with self._lock:
+                    quiet = time.monotonic() - self._last_activity >= self.stall_s
+                    stalled = quiet and not self._running and request in self._pending
+                    ready = self._take_pending() if stalled else []
+                    self.stats.stalled += bool(ready)
+                self._dispatch(ready)
+
     def _take_pending(self) -> list[_Request]:
         ready, self._pending = self._pending, []
+        if ready:
+            self._running += 1  # _dispatch counts it down
         return ready
 
     def _dispatch(self, ready: list[_Request]) -> None:
         """Run a round in the thread that completed it, in session order, ``max_batch`` at a
         time; each chunk's callers go on as soon as their chunk is done."""
+        if not ready:
+            return
         ready.sort(key=lambda r: (r.item.session_key or "", r.arrival))
+        try:
+            self._run_chunks(ready)
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._last_activity = time.monotonic()
+
+    def _run_chunks(self, ready: list[_Request]) -> None:
         for start in range(0, len(ready), self.max_batch):
             chunk = ready[start : start + self.max_batch]
             self.stats.batches += 1
