@@ -84,22 +84,24 @@ def load_dataset(path: str | Path, *, val_fraction: float = 0.1, seed: int = 0) 
             raise DatasetError(f"{path}: no {need!r} split (found: {', '.join(sorted(pairs))})")
     train, val, note = pairs["train"], pairs.get("val"), ""
     if not val:
-        train, val = _carve(train, val_fraction, seed)
-        note = (
-            f"no validation split: {val_fraction:.0%} of train held out (stratified, seed {seed})"
-        )
+        train, val, stratified = _carve(train, val_fraction, seed)
+        how = "stratified" if stratified else "not stratified: too few examples per class"
+        note = f"no validation split: {val_fraction:.0%} of train held out ({how}, seed {seed})"
     return Dataset(path.stem, _split(train), _split(val), _split(pairs["test"]), note)
 
 
 def _carve(
     pairs: list[tuple[str, str]], fraction: float, seed: int
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], bool]:
+    """Split off a validation share; the flag says whether the split could be stratified."""
     labels = [label for _, label in pairs]
     try:
         train, val = train_test_split(pairs, test_size=fraction, stratify=labels, random_state=seed)
-    except ValueError:  # a class with one example cannot be stratified
+        stratified = True
+    except ValueError:  # a class with one example, or fewer held out than classes
         train, val = train_test_split(pairs, test_size=fraction, random_state=seed)
-    return [tuple(p) for p in train], [tuple(p) for p in val]
+        stratified = False
+    return [tuple(p) for p in train], [tuple(p) for p in val], stratified
 
 
 def _read_json(path: Path) -> dict[str, list[tuple[str, str]]]:
