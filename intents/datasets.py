@@ -5,6 +5,9 @@ Formats read (what the public intent benchmarks ship as):
 * JSON, CLINC150 style: an object of splits, each a list of ``[text, label]`` pairs. Split
   names ``train``, ``val`` (or ``validation``/``dev``) and ``test``; ``oos_train``, ``oos_val``
   and ``oos_test`` hold out-of-scope examples;
+* JSON, NLU Evaluation Corpora style (Braun et al. 2017: Chatbot, AskUbuntu, WebApplications):
+  an object with a ``sentences`` list of ``{"text", "intent", "training": true|false}``;
+  ``training: true`` is train, the rest is test (the paper's split);
 * CSV: a folder with ``train.csv``, optional ``val.csv`` (or ``validation.csv``/``dev.csv``) and
   ``test.csv``, or one CSV file with a ``split`` column. Text column ``text`` (or ``utterance``,
   ``sentence``); label column ``label`` (or ``intent``, ``category``).
@@ -113,6 +116,8 @@ def _read_json(path: Path) -> dict[str, list[tuple[str, str]]]:
         raise DatasetError(
             f"{path}: expected an object of splits, e.g. {{'train': [[text, label]]}}"
         )
+    if isinstance(data.get("sentences"), list):
+        return _read_sentences(path, data["sentences"])
     pairs: dict[str, list[tuple[str, str]]] = {}
     for name, rows in data.items():
         oos = name.startswith("oos_")
@@ -123,6 +128,24 @@ def _read_json(path: Path) -> dict[str, list[tuple[str, str]]]:
             if not (isinstance(row, list | tuple) and len(row) == 2 and isinstance(row[0], str)):
                 raise DatasetError(f"{path}: {name}[{i}]: expected [text, label], got {row!r}")
             pairs.setdefault(split, []).append((row[0], OUT_OF_SCOPE if oos else str(row[1])))
+    return pairs
+
+
+def _read_sentences(path: Path, sentences: list) -> dict[str, list[tuple[str, str]]]:
+    """The NLU Evaluation Corpora layout: one list, the split in each sentence's flag."""
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for i, row in enumerate(sentences):
+        if not (
+            isinstance(row, Mapping)
+            and isinstance(row.get("text"), str)
+            and isinstance(row.get("intent"), str)
+            and isinstance(row.get("training"), bool)
+        ):
+            raise DatasetError(
+                f"{path}: sentences[{i}]: expected text, intent and training (true/false)"
+            )
+        split = "train" if row["training"] else "test"
+        pairs.setdefault(split, []).append((row["text"], row["intent"]))
     return pairs
 
 

@@ -59,6 +59,24 @@ def test_csv_folder_without_validation_gets_a_carved_one(tmp_path):
     assert set(dataset.val.labels) == {"affirm", "deny"}  # stratified
 
 
+def test_nlu_evaluation_corpora_layout_splits_by_the_training_flag(tmp_path):
+    sentences = [
+        {"text": t, "intent": "affirm", "training": i % 2 == 0, "entities": []}
+        for i, t in enumerate(AFFIRM)
+    ]
+    sentences += [{"text": t, "intent": "None", "training": True} for t in DENY]
+    path = tmp_path / "ChatbotCorpus.json"
+    path.write_text(json.dumps({"name": "Chatbot", "lang": "en", "sentences": sentences}))
+    dataset = load_dataset(path, val_fraction=0.25)
+    assert len(dataset.test) == len(AFFIRM) // 2 and set(dataset.test.labels) == {"affirm"}
+    assert len(dataset.train) + len(dataset.val) == len(AFFIRM) - len(AFFIRM) // 2 + len(DENY)
+    assert "None" in dataset.train.labels + dataset.val.labels  # a real class, not out of scope
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"sentences": [{"text": "hi", "intent": "greet"}]}))
+    with pytest.raises(DatasetError, match=r"sentences\[0\]: expected text, intent and training"):
+        load_dataset(broken)
+
+
 def test_bad_data_sets_name_the_problem(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("words,tag\nhello,x\n")
