@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, insert, text
 
 from engine.experiments import bucket_of, load_experiments
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from engine.report import build_report, write_report
 from storage import Store
 from storage import funnel as funnel_sql

@@ -36,7 +36,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from compliance_contexts import CONTEXTS, SLOTS  # noqa: E402
 
 from engine.compliance import ComplianceFilter, create_embedder, stream_and_match  # noqa: E402
-from engine.flow_loader import load_flow  # noqa: E402
+from engine.flow.loader import load_flow  # noqa: E402
 
 FLOW_DIR = ROOT / "flows" / "broadband_en"
 SETTINGS = [(k, every, lead) for k in (1, 2, 3) for every in (2, 3, 4) for lead in (0.0, 0.05)]
@@ -58,7 +58,7 @@ def token_chunks(tokenizer, text: str) -> list[str]:
 def replay(args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
-    from engine.llm.models import converted_dir, default_model_path
+    from engine.llm.hf.models import converted_dir, default_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(converted_dir(default_model_path()))
     flow = load_flow(FLOW_DIR)
@@ -141,8 +141,8 @@ def replay(args: argparse.Namespace) -> None:
 def live(args: argparse.Namespace) -> None:
     from compliance_contexts import history
 
+    from engine.llm.hf.backend import TransformersBackend
     from engine.llm.prompt import build_messages
-    from engine.llm.transformers_backend import TransformersBackend
 
     flow = load_flow(FLOW_DIR)
     flt = ComplianceFilter(flow, create_embedder("minilm"))

@@ -36,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from engine.compliance import ComplianceFilter, create_embedder  # noqa: E402
-from engine.flow_loader import load_flow  # noqa: E402
+from engine.flow.loader import load_flow  # noqa: E402
 
 CLINC = Path(os.environ.get("CLINC150", "/work/shared/data/clinc150/data_full.json"))
 MINI = ROOT / "tests" / "flows" / "mini"

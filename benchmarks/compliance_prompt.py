@@ -42,7 +42,7 @@ from compliance_contexts import CONTEXTS, SLOTS, Context, history  # noqa: E402
 
 from engine.compliance import ComplianceFilter, create_embedder  # noqa: E402
 from engine.compliance.index import as_vector  # noqa: E402
-from engine.flow_loader import load_flow  # noqa: E402
+from engine.flow.loader import load_flow  # noqa: E402
 from engine.llm import prompt as prompt_module  # noqa: E402
 
 FLOW_DIR = ROOT / "flows" / "broadband_en"
@@ -85,7 +85,7 @@ def messages_for(flt: ComplianceFilter, context: Context, variant: str) -> list[
 
 
 def generate(args: argparse.Namespace) -> None:
-    from engine.llm.transformers_backend import TransformersBackend
+    from engine.llm.hf.backend import TransformersBackend
 
     flow = load_flow(FLOW_DIR)
     flt = ComplianceFilter(flow, create_embedder("minilm"))

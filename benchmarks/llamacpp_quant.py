@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.llm.models import default_model_path  # noqa: E402
+from engine.llm.hf.models import default_model_path  # noqa: E402
 
 PROMPT = "You are Sam, a friendly, honest phone sales agent for Brightline Broadband. " * 12
 

@@ -29,11 +29,11 @@ from compliance_contexts import history as context_history  # noqa: E402
 
 from engine.compliance import ComplianceFilter  # noqa: E402
 from engine.compliance.embedders import MiniLMEmbedder  # noqa: E402
-from engine.flow_loader import load_flow  # noqa: E402
-from engine.generation import GenerationParams  # noqa: E402
+from engine.flow.generation import GenerationParams  # noqa: E402
+from engine.flow.loader import load_flow  # noqa: E402
+from engine.llm.hf.backend import TransformersBackend  # noqa: E402
 from engine.llm.llamacpp_backend import LlamaCppBackend  # noqa: E402
 from engine.llm.prompt import build_messages  # noqa: E402
-from engine.llm.transformers_backend import TransformersBackend  # noqa: E402
 
 FLOW = Path(__file__).resolve().parent.parent / "flows" / "broadband_en"
 PARAMS = GenerationParams(do_sample=False, max_new_tokens=40, deadline_s=120)

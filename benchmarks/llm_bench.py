@@ -38,12 +38,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from compliance_contexts import CONTEXTS, SLOTS, history  # noqa: E402
 
-from engine.capacity import estimate, load_shape, measure_peak  # noqa: E402
 from engine.compliance import ComplianceFilter  # noqa: E402
 from engine.compliance.embedders import MiniLMEmbedder  # noqa: E402
-from engine.flow_loader import load_flow  # noqa: E402
+from engine.flow.loader import load_flow  # noqa: E402
+from engine.llm.hf.backend import TransformersBackend  # noqa: E402
+from engine.llm.hf.capacity import estimate, load_shape, measure_peak  # noqa: E402
 from engine.llm.prompt import build_messages  # noqa: E402
-from engine.llm.transformers_backend import TransformersBackend  # noqa: E402
 
 FLOW = ROOT / "flows" / "broadband_en"
 FOLLOW_UPS = [  # what a customer says in later pitch turns, with the approved reply sent

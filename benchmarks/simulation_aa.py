@@ -26,8 +26,8 @@ from collections import defaultdict
 
 from simulation_common import build, machine, simulation
 
+from engine.report.stats import mcnemar_paired, two_proportion_test, wilson
 from engine.simulation.results import run_conversations
-from engine.stats import mcnemar_paired, two_proportion_test, wilson
 
 
 def main() -> None:

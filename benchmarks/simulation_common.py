@@ -44,7 +44,7 @@ def build(
     batch: int = 32,
 ) -> Engine:
     """An Engine like ``salesbot simulate`` builds, with a chosen backend and embedder."""
-    from engine.flow_loader import load_flow
+    from engine.flow.loader import load_flow
     from engine.llm import create_backend
 
     flow = load_flow(flow_dir)

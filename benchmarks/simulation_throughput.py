@@ -22,9 +22,9 @@ from pathlib import Path
 
 from simulation_common import BROADBAND, machine, simulation
 
-from engine.cli_simulate import CACHE_MB_PER_CONVERSATION
 from engine.engine import Engine
 from engine.llm import create_backend
+from engine.simulation.backends import CACHE_MB_PER_CONVERSATION
 from engine.simulation.batching import simulation_backend
 from storage import Store
 

@@ -32,8 +32,8 @@ from engine.compliance.early_stop import streamed_reply
 from engine.errors import ConcurrentTurns, MissingSlot, SessionEnded
 from engine.experiments import Assignment, Experiment, apply_overrides, resolve_arm
 from engine.experiments import load_experiments as _load_experiments
-from engine.flow import Flow
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
+from engine.flow.model import Flow
 from engine.llm import BackendError, LLMBackend, create_backend
 from engine.llm.prompt import build_messages
 from engine.policy import Arm, Decision, ReplyPlan, decide, entry

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from engine.flow import Flow, Stage
+from engine.flow.model import Flow, Stage
 
 Arm = Literal["hybrid", "pure_llm"]
 ARMS: tuple[str, ...] = ("hybrid", "pure_llm")

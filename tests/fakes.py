@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
 from engine.llm.base import BackendError, ChatMessage, Generation
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
 from engine.llm import BackendError, ChatMessage, Generation, register_backend
 
 APPROVED = "Our faster plan gives you 500 megabits for eight pounds more a month."

@@ -7,9 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from engine.capacity import ModelShape, estimate, load_shape, measure_peak
 from engine.cli import main
 from engine.errors import SalesbotError
+from engine.llm.hf.capacity import ModelShape, estimate, load_shape, measure_peak
 from tests.test_llm_tiny import GREEDY, conversation, one_thread, tiny_backend  # noqa: F401
 
 

@@ -8,7 +8,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from intents.calibration import expected_calibration_error, fit_temperature, scaled_softmax
 from intents.classifier import OUT_OF_SCOPE, IntentClassifier
 from intents.rejection import RejectionRule, choose_rule, score_rule

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import main
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from tests.conftest import BROADBAND, INSURANCE, ROOT
 from tests.flow_faults import (
     FAULTS,

@@ -10,7 +10,7 @@ import pytest
 from engine.compliance import ComplianceFilter
 from engine.compliance.embedders import CharNgramEmbedder
 from engine.compliance.filter import pick_variant
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from tests.flow_faults import copy_mini
 from tests.test_engine import MINI
 

@@ -11,7 +11,7 @@ from engine.cli import main
 from engine.compliance import ComplianceFilter
 from engine.compliance.calibration import Pair, Scored, auroc, load_pairs, session_slots
 from engine.compliance.embedders import CharNgramEmbedder
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from tests.conftest import ROOT
 from tests.test_engine import MINI
 

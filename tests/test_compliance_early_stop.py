@@ -11,8 +11,8 @@ from engine.compliance import ComplianceFilter, stream_and_match
 from engine.compliance.early_stop import complete_words
 from engine.compliance.embedders import CharNgramEmbedder
 from engine.engine import Engine
-from engine.flow_loader import load_flow
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
+from engine.flow.loader import load_flow
 from engine.llm.base import BackendError, ChatMessage
 from intents import load_or_train
 from storage import Store

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from engine.cli import main
 from engine.errors import FlowValidationError
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from tests.flow_faults import copy_mini
 
 FLOW_RULES = (

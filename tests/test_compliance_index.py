@@ -12,7 +12,7 @@ import pytest
 from engine.compliance import ComplianceFilter
 from engine.compliance.embedders import CharNgramEmbedder
 from engine.compliance.index import IndexEntry, ScriptIndex, index_key
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from tests.flow_faults import copy_mini
 
 

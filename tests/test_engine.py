@@ -10,7 +10,7 @@ from engine.compliance import ComplianceFilter
 from engine.compliance.embedders import CharNgramEmbedder
 from engine.engine import Engine, draft_seed
 from engine.errors import MissingSlot, SessionEnded, SessionNotFound
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from intents import load_or_train
 from storage import Store
 from tests.conftest import ROOT

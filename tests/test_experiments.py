@@ -21,7 +21,7 @@ from engine.experiments import (
     gb_hash,
     load_experiments,
 )
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from tests.conftest import BROADBAND, INSURANCE, ROOT
 from tests.fakes import FakeBackend
 from tests.test_engine import MINI, make_engine

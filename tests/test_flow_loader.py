@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import FlowProblem, FlowValidationError
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from tests.conftest import BROADBAND, INSURANCE
 from tests.flow_faults import (
     FAULTS,

@@ -7,8 +7,8 @@ import pytest
 from engine.compliance import ComplianceFilter
 from engine.compliance.embedders import MiniLMEmbedder
 from engine.engine import Engine
-from engine.flow_loader import load_flow
-from engine.llm.transformers_backend import TransformersBackend
+from engine.flow.loader import load_flow
+from engine.llm.hf.backend import TransformersBackend
 from intents import load_or_train
 from storage import Store
 from tests.conftest import BROADBAND

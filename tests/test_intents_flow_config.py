@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import FlowValidationError
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from intents import OUT_OF_SCOPE, load_or_train
 from tests.flow_faults import copy_mini
 

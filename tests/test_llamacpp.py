@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.errors import SalesbotError
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
 from engine.llm.base import BackendError
 from engine.llm.llamacpp_backend import LlamaCppBackend, SessionStates, no_repeat_ngram_processor
 
@@ -106,8 +106,8 @@ def flow_with_llm_block(tmp_path, block: str):
 
 def test_the_flow_chooses_its_backend_and_a_deployment_may_override_it(tmp_path):
     from engine.engine import _flow_backend
-    from engine.flow_loader import load_flow
-    from engine.llm.transformers_backend import TransformersBackend
+    from engine.flow.loader import load_flow
+    from engine.llm.hf.backend import TransformersBackend
 
     flow = load_flow(flow_with_llm_block(tmp_path, "  backend: llamacpp\n"))
     assert (flow.backend, isinstance(_flow_backend(flow, None, None), LlamaCppBackend)) == (
@@ -119,7 +119,7 @@ def test_the_flow_chooses_its_backend_and_a_deployment_may_override_it(tmp_path)
 
 def test_unknown_backend_in_flow_is_a_validation_error(tmp_path):
     from engine.errors import FlowValidationError
-    from engine.flow_loader import load_flow
+    from engine.flow.loader import load_flow
 
     folder = flow_with_llm_block(tmp_path, "  backend: vllm_magic\n")
     with pytest.raises(FlowValidationError) as info:

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from engine.errors import SalesbotError
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
 from engine.llm import BackendError, BatchingBackend, DeadlineExceeded, create_backend
-from engine.llm.decoder import Decoder, DecodeRow
-from engine.llm.kv_cache import SessionKVCache
-from engine.llm.transformers_backend import TransformersBackend
+from engine.llm.hf.backend import TransformersBackend
+from engine.llm.hf.decoder import Decoder, DecodeRow
+from engine.llm.hf.kv_cache import SessionKVCache
 from tests.test_llm_tiny import (  # noqa: F401
     GREEDY,
     conversation,
@@ -276,7 +276,7 @@ def test_sampling_draws_from_the_same_distribution_as_transformers_warpers():
         TopPLogitsWarper,
     )
 
-    from engine.llm.sampling import RowSampler
+    from engine.llm.hf.sampling import RowSampler
 
     logits = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 3
     params = GenerationParams(temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.0)
@@ -293,7 +293,7 @@ def test_sampling_draws_from_the_same_distribution_as_transformers_warpers():
 
 
 def test_penalties_apply_to_the_reply_not_the_prompt():
-    from engine.llm.sampling import RowSampler
+    from engine.llm.hf.sampling import RowSampler
 
     logits = torch.tensor([0.0, 5.0, 4.0, 3.0])
     greedy = GenerationParams(do_sample=False, repetition_penalty=2.0, no_repeat_ngram_size=2)

@@ -21,8 +21,8 @@ from engine.compliance import ComplianceFilter
 from engine.compliance.embedders import CharNgramEmbedder
 from engine.engine import Engine
 from engine.errors import SalesbotError
-from engine.flow_loader import load_flow
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
+from engine.flow.loader import load_flow
 from engine.llm import BackendError, DeadlineExceeded, create_backend
 from engine.llm.openai_backend import OpenAIBackend
 from intents import load_or_train

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from engine.errors import SalesbotError
-from engine.hardware import cpu_has_native_bf16
 from engine.llm import precision
-from engine.llm.precision import resolve_precision
-from engine.llm.transformers_backend import TransformersBackend
+from engine.llm.hf.backend import TransformersBackend
+from engine.llm.hf.hardware import cpu_has_native_bf16
+from engine.llm.hf.precision import resolve_precision
 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from engine.flow_loader import load_flow
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
+from engine.flow.loader import load_flow
+from engine.llm.hf.backend import TransformersBackend
 from engine.llm.prompt import build_messages
-from engine.llm.transformers_backend import TransformersBackend
 from tests.conftest import BROADBAND
 
 pytestmark = pytest.mark.integration

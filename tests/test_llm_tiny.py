@@ -15,8 +15,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from engine.generation import GenerationParams
-from engine.llm.transformers_backend import TransformersBackend
+from engine.flow.generation import GenerationParams
+from engine.llm.hf.backend import TransformersBackend
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from engine.policy import decide, entry
 from tests.test_engine import MINI
 

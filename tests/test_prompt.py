@@ -1,4 +1,4 @@
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from engine.llm.prompt import MAX_MESSAGE_CHARS, build_messages
 from tests.test_engine import MINI
 

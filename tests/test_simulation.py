@@ -18,7 +18,7 @@ from engine.cli import main
 from engine.compliance import ComplianceFilter
 from engine.compliance.embedders import CharNgramEmbedder
 from engine.engine import Engine
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from engine.report import build_report
 from engine.simulation import Simulation, choose, load_population
 from engine.simulation.batching import RoundBatcher
@@ -382,7 +382,8 @@ def test_a_flow_without_personas_exits_2(tmp_path):
 
 def test_the_simulate_command_sizes_the_kv_cache_for_the_conversations_in_flight():
     """An LRU cache visited in turn by more sessions than it holds never reuses anything."""
-    from engine.cli_simulate import CACHE_MB_PER_CONVERSATION, _build_backend
+    from engine.simulation.backends import CACHE_MB_PER_CONVERSATION
+    from engine.simulation.backends import build_backend as _build_backend
 
     flow = load_flow(BROADBAND)
     llm = _build_backend(None, flow, 32, 64)  # builds, does not load the model

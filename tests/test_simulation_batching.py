@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
 from engine.llm.base import BackendError, BatchItem, Generation
 from engine.simulation.batching import (
     SIMULATION_DEADLINE_S,

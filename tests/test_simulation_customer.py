@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from engine.simulation import SimulatedCustomer, load_population
 from tests.conftest import BROADBAND
 

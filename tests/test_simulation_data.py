@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import FlowValidationError
-from engine.flow_loader import load_flow
+from engine.flow.loader import load_flow
 from engine.simulation import load_population
 from engine.simulation.personas import PERSONAS_FILE, UTTERANCES_FILE
 from engine.simulation.utterances import normalise_utterance

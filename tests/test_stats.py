@@ -1,4 +1,4 @@
-"""engine.stats against independent computations (scipy, or the textbook formula on scipy's
+"""engine.report.stats against independent computations (scipy, or the textbook formula on scipy's
 building blocks), so a wrong call into statsmodels cannot go unnoticed."""
 
 from __future__ import annotations

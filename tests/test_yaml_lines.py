@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.yaml_lines import YamlSyntaxError, load_located
+from engine.flow.yaml_lines import YamlSyntaxError, load_located
 
 
 def write(tmp_path: Path, text: str) -> Path:

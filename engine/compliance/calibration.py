@@ -33,7 +33,7 @@ import numpy as np
 from engine.compliance.filter import ComplianceFilter
 from engine.compliance.index import as_vector
 from engine.errors import FlowProblem, SalesbotError
-from engine.flow import Flow
+from engine.flow.model import Flow
 
 COLUMNS = ("stage", "label", "category", "text")
 NONE = "none"

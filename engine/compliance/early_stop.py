@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from engine.compliance.filter import ComplianceFilter, ComplianceResult, Match
-from engine.flow import CompliancePolicy
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
+from engine.flow.model import CompliancePolicy
 from engine.llm.base import BackendError
 
 EVERY_WORDS = 3  # complete words between two checks

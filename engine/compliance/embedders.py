@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from engine.errors import SalesbotError
-from engine.hardware import cpu_has_native_bf16
+from engine.llm.hf.hardware import cpu_has_native_bf16
 
 ENTRY_POINT_GROUP = "salesbot.embedders"
 QUERY_BATCH = 8  # batches up to this size are queries (drafts), embedded on one thread

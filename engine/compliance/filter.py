@@ -34,7 +34,7 @@ from engine.compliance.rules import (
     forbidden_hits,
     number_hits,
 )
-from engine.flow import CompliancePolicy, Flow
+from engine.flow.model import CompliancePolicy, Flow
 
 TOP_K = 3
 VARIANT_SCHEME = "fallback:v1:"

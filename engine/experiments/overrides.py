@@ -15,9 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import SalesbotError
-from engine.flow import Flow, Stage
-from engine.flow_schema import Name, StageCompliance
-from engine.generation import GenerationOverrides
+from engine.flow.generation import GenerationOverrides
+from engine.flow.model import Flow, Stage
+from engine.flow.schema import Name, StageCompliance
 
 
 class _Strict(BaseModel):

@@ -33,10 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from engine.errors import FlowProblem, FlowValidationError
 from engine.experiments.experiment import ArmConfig, Experiment
 from engine.experiments.overrides import OverrideError, Overrides, apply_overrides
-from engine.flow import Flow
-from engine.flow_loader import content_hash
-from engine.flow_schema import Name, ScriptId
-from engine.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
+from engine.flow.loader import content_hash
+from engine.flow.model import Flow
+from engine.flow.schema import Name, ScriptId
+from engine.flow.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
 
 FILE_NAME = "experiments.yaml"
 DEFINITION_SCHEME = "experiment:v1:"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypedDict, runtime_checkable
 
 from engine.errors import SalesbotError
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
 
 
 class ChatMessage(TypedDict):

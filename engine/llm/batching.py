@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
 from engine.llm.base import BackendError, BatchItem, ChatMessage, DeadlineExceeded, Generation
 
 CUT_MARGIN_S = 0.25  # how much earlier than the caller's deadline a row's decoding is cut

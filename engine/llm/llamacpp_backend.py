@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 
 from engine.errors import SalesbotError
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
 from engine.llm.base import BackendError, ChatMessage, DeadlineExceeded, Generation
-from engine.llm.models import default_model_path
+from engine.llm.hf.models import default_model_path
 
 INSTALL_HINT = (
     'the llamacpp backend needs llama-cpp-python: pip install "salesbot[llamacpp]" '

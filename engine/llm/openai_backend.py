@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
 from engine.llm.base import BackendError, BatchItem, ChatMessage, DeadlineExceeded, Generation
 from engine.llm.circuit import CircuitBreaker
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from engine.flow import Flow, Stage
+from engine.flow.model import Flow, Stage
 from engine.llm.base import ChatMessage
 
 HISTORY_TURNS = 6  # customer/bot exchanges always kept in the prompt (6 to 11 are kept)

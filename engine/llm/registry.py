@@ -65,8 +65,8 @@ def _checked(cls: type, name: str, options: dict[str, Any]):
 
 
 def _transformers(**options: Any) -> LLMBackend:
-    from engine.llm.precision import resolve_precision
-    from engine.llm.transformers_backend import TransformersBackend
+    from engine.llm.hf.backend import TransformersBackend
+    from engine.llm.hf.precision import resolve_precision
 
     resolve_precision(options.get("dtype", "auto"), options.get("device", "auto"))  # fail early
     return _checked(TransformersBackend, "transformers", options)

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.stats import Proportion
+from engine.report.stats import Proportion
 
 SCHEMA = "salesbot-report:v1"
 

@@ -44,7 +44,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
 from engine.llm.base import BackendError, BatchItem, ChatMessage, Generation
 from engine.llm.batching import BatchStats
 

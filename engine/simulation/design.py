@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from engine.errors import SalesbotError
 from engine.experiments import MODES, ArmConfig, Experiment
-from engine.flow import Flow
-from engine.flow_loader import content_hash
+from engine.flow.loader import content_hash
+from engine.flow.model import Flow
 
 LABEL = re.compile(r"^[a-z][a-z0-9_]*$")  # the arm-name rule of experiments.yaml
 ADHOC_SCHEME = "experiment:v1:"

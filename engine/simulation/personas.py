@@ -7,7 +7,7 @@ too easy to persuade). The file also says how this flow's bot acts are heard (``
 role) and which acts answer each objection (``moves``), because act names belong to the flow.
 
 :func:`load_population` validates ``personas.yaml`` and ``utterances.yaml`` against the loaded
-flow and reports every problem with file, line and field, like :func:`engine.flow_loader.load_flow`.
+flow and reports every problem with file, line and field, like :func:`engine.flow.loader.load_flow`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.errors import FlowProblem, FlowValidationError
-from engine.flow import Flow
-from engine.flow_loader import content_hash
+from engine.flow.loader import content_hash
+from engine.flow.model import Flow
+from engine.flow.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
 from engine.simulation.utterances import Name, UtteranceBank, UtterancesFile
-from engine.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
 
 PERSONAS_FILE = "personas.yaml"
 UTTERANCES_FILE = "utterances.yaml"

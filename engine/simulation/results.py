@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from engine.experiments import Experiment
-from engine.stats import Paired, mcnemar_paired
+from engine.report.stats import Paired, mcnemar_paired
 from storage import Store
 from storage.models import Conversation, StageEvent
 

@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 
-from engine.flow import Flow
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
+from engine.flow.model import Flow
 from engine.llm.base import ChatMessage, Generation
 from engine.llm.registry import register_backend
 

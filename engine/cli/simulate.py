@@ -8,12 +8,10 @@ cleanly; running the same command again resumes the run.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -32,17 +30,20 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.cli_common import DB_HELP, ConfigError, console
+from engine.cli.common import DB_HELP, ConfigError, console
 from engine.errors import FlowValidationError, SalesbotError
+from engine.simulation.backends import build_backend
+from engine.simulation.outputs import (
+    p_text,
+    paired_sentence,
+    percent,
+    points,
+    write_simulation_files,
+)
 from storage.repository import describe_db_error
 
 DEFAULT_N = 100
 DEFAULT_BATCH = 32
-# KV-cache budget per conversation in flight (transformers backend, unless the flow sets
-# cache_mb): a prompt of ~500 tokens holds ~11 MB in bf16 and ~22 MB in fp32. The backend's
-# default 512 MB holds fewer than the 64 conversations in flight, and an LRU cache visited in
-# turn by more sessions than it holds evicts each one before its next turn (no reuse at all).
-CACHE_MB_PER_CONVERSATION = 32
 
 
 class RateColumn(ProgressColumn):
@@ -51,41 +52,6 @@ class RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(f"{speed:.2f} conv/s" if speed else "- conv/s", style="progress.data.speed")
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _points(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:+.1f}"
-
-
-def _p(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return "<0.0001" if value < 0.0001 else f"{value:.4f}"
-
-
-def _build_backend(name: str | None, flow, batch: int, concurrency: int | None = None):
-    """The flow's LLM backend (``llm.backend``) or the one named, batched across conversations
-    (see engine.simulation.batching)."""
-    from engine.llm import create_backend
-    from engine.simulation import standin  # noqa: F401  (registers script-sampler)
-    from engine.simulation.batching import simulation_backend
-
-    if name is None or name == flow.backend:
-        options = dict(flow.backend_options)
-        if flow.backend == "transformers" and concurrency:
-            options.setdefault("cache_mb", max(512, CACHE_MB_PER_CONVERSATION * concurrency))
-        backend = create_backend(flow.backend, **options)
-    elif name == "script-sampler":
-        backend = create_backend(name, flow=flow)
-    elif name == "transformers" and concurrency:
-        backend = create_backend(name, cache_mb=max(512, CACHE_MB_PER_CONVERSATION * concurrency))
-    else:
-        backend = create_backend(name)
-    return simulation_backend(backend, max_batch=batch)
 
 
 def summary_table(report, paired, result, seconds: float) -> Table:
@@ -114,54 +80,14 @@ def summary_table(report, paired, result, seconds: float) -> Table:
         table.add_row(
             name + ("*" if arm.name == report.control else ""),
             str(arm.assigned),
-            _percent(closed.rate),
+            percent(closed.rate),
             f"{100 * closed.low:.1f}-{100 * closed.high:.1f}",
-            _percent(arm.hung_up.rate),
-            _percent(drafts[0] / drafts[1]) if drafts[1] else "-",
-            _points(test.test.diff) if test else "",
-            _p(test.test.p_value) if test else "",
+            percent(arm.hung_up.rate),
+            percent(drafts[0] / drafts[1]) if drafts[1] else "-",
+            points(test.test.diff) if test else "",
+            p_text(test.test.p_value) if test else "",
         )
     return table
-
-
-def paired_sentence(comparison, label: str, alpha: float = 0.05) -> str:
-    """The paired verdict in words: rates, discordant pairs and McNemar's p."""
-    t = comparison.test
-    verdict = "significant" if t.p_value < alpha else "not significant"
-    return (
-        f"{comparison.arm} vs {comparison.control}: {label.lower()} {_percent(t.rate_b)} vs "
-        f"{_percent(t.rate_a)} ({_points(t.diff)} pts); {t.only_a + t.only_b} discordant "
-        f"customers ({t.only_b} closed only with {comparison.arm}, {t.only_a} only with "
-        f"{comparison.control}); McNemar {t.method} p = {_p(t.p_value)}: "
-        f"{verdict} at {alpha:g}."
-    )
-
-
-def simulation_markdown(report, paired, params: dict, report_name: str) -> str:
-    """simulation.md: the run's parameters and the paired test, beside the A/B report."""
-    lines = [
-        f"# Simulation {params['run_id']}",
-        "",
-        f"Experiment `{report.experiment}`, flow `{params['flow_version']}`, "
-        f"personas `{params['population']}`; {params['n']} simulated customers, seed "
-        f"{params['seed']}, each run in every arm (paired); LLM backend `{params['backend']}`, "
-        f"embedder `{params['embedder']}`. Full A/B report: [{report_name}]({report_name}).",
-        "",
-        f"## Primary metric, paired by customer: {report.primary_label}",
-        "",
-        "| arm | control | pairs | arm rate | control rate | diff (pts) | only arm | only control"
-        " | McNemar p |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for c in paired:
-        t = c.test
-        lines.append(
-            f"| {c.arm} | {c.control} | {t.pairs} | {_percent(t.rate_b)} | {_percent(t.rate_a)}"
-            f" | {_points(t.diff)} | {t.only_b} | {t.only_a} | {_p(t.p_value)}"
-            f" ({t.method}) |"
-        )
-    lines += ["", *[paired_sentence(c, report.primary_label, report.alpha) for c in paired], ""]
-    return "\n".join(lines)
 
 
 @click.command("simulate")
@@ -211,7 +137,7 @@ def simulate(
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from engine.engine import Engine
     from engine.experiments import load_experiments
-    from engine.flow_loader import load_flow
+    from engine.flow.loader import load_flow
     from engine.report import build_report, write_report
     from engine.simulation import Simulation, choose, load_population
     from engine.simulation.results import paired_comparisons, run_conversations
@@ -226,7 +152,7 @@ def simulate(
         raise ConfigError(str(exc)) from None
     try:
         with console.status("Loading classifier, embedder and LLM..."):
-            llm = _build_backend(backend, flow, batch, concurrency or 2 * batch)
+            llm = build_backend(backend, flow, batch, concurrency or 2 * batch)
             engine = Engine.from_flow_dir(flow_dir, db, backend=llm, embedder_name=embedder)
             if hasattr(llm, "load"):
                 llm.load()
@@ -287,17 +213,7 @@ def simulate(
     folder = Path(out_dir or Path("reports") / result.run_id)
     paths = write_report(report, folder)
     params = {"run_id": result.run_id, **simulation.plan.params()}
-    (folder / "simulation.json").write_text(
-        json.dumps(
-            {"params": params, "paired": [{**asdict(p), "test": asdict(p.test)} for p in paired]},
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
-    (folder / "simulation.md").write_text(
-        simulation_markdown(report, paired, params, paths["html"].name), encoding="utf-8"
-    )
+    write_simulation_files(folder, report, paired, params, paths["html"].name)
     elapsed = time.perf_counter() - started
     console.print(summary_table(report, paired, result, elapsed))
     for comparison in paired:

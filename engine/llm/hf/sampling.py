@@ -23,7 +23,7 @@ from transformers.generation.logits_process import (
     RepetitionPenaltyLogitsProcessor,
 )
 
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
 
 
 class RowSampler:

@@ -86,7 +86,7 @@ def _prepare(flow_dir, data, model, language, threshold, margin, c, max_accuracy
             params["margin"] = "auto"
             params["max_accuracy_drop"] = 0.01
         else:
-            from engine.cli_common import _load_flow_or_exit
+            from engine.cli.common import _load_flow_or_exit
 
             flow = _load_flow_or_exit(flow_dir)
             dataset = flow_dataset(

@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from engine import flow_schema as schema
 from engine.errors import FlowProblem, FlowValidationError
-from engine.flow import (
+from engine.flow import schema
+from engine.flow.generation import GenerationParams
+from engine.flow.model import (
     CompliancePolicy,
     Flow,
     Otherwise,
@@ -29,8 +30,7 @@ from engine.flow import (
     placeholders,
     template_problem,
 )
-from engine.generation import GenerationParams
-from engine.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
+from engine.flow.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
 
 HASH_SCHEME = "flow:v1:"
 

@@ -1,6 +1,6 @@
 """How much memory the in-process LLM needs: weights, KV cache, activations.
 
-The estimate follows what :class:`engine.llm.transformers_backend.TransformersBackend` really
+The estimate follows what :class:`engine.llm.hf.backend.TransformersBackend` really
 allocates for a Llama-style decoder (the default SmolLM2 and most small chat models):
 
 - weights: the parameter count from the config, times the bytes of the precision. int8 is
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import SalesbotError
-from engine.llm.precision import ALIASES
+from engine.llm.hf.precision import ALIASES
 
 MODEL_ALIASES = {"smollm2-135m", "smollm2", "default"}
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 4}  # activation (and KV) bytes per value
@@ -169,7 +169,7 @@ def estimate(
 
 def load_shape(model: str | None) -> tuple[ModelShape, str]:
     """A model's shape from a name (``smollm2-135m``), a folder, a config.json or a GGUF."""
-    from engine.llm.models import converted_dir, default_model_path
+    from engine.llm.hf.models import converted_dir, default_model_path
 
     if model is None or model.lower() in MODEL_ALIASES:
         path, label = default_model_path(), "SmolLM2-135M-Instruct"
@@ -199,14 +199,15 @@ def load_shape(model: str | None) -> tuple[ModelShape, str]:
 # -- measurement -----------------------------------------------------------------------------------
 
 _CONVERT = (
-    "from engine.llm.models import default_model_path, model_dir; model_dir(default_model_path())"
+    "from engine.llm.hf.models import default_model_path, model_dir; "
+    "model_dir(default_model_path())"
 )
 _MEASURE = r"""
 import gc, json, sys
 import torch
-from engine.llm.decoder import DecodeRow
-from engine.llm.transformers_backend import TransformersBackend
-from engine.generation import GenerationParams
+from engine.llm.hf.decoder import DecodeRow
+from engine.llm.hf.backend import TransformersBackend
+from engine.flow.generation import GenerationParams
 
 def status(field):
     for line in open("/proc/self/status"):
@@ -217,7 +218,7 @@ def status(field):
 dtype = sys.argv[1]
 context, sessions, threads = (int(a) for a in sys.argv[2:5])
 from engine.llm import models
-from engine.llm.precision import resolve_precision
+from engine.llm.hf.precision import resolve_precision
 path = models.model_dir(models.default_model_path())  # converted once, before measuring
 tokenizer = models.load_tokenizer(path)
 import transformers.models.llama.modeling_llama  # code, not weights: part of the baseline
@@ -255,7 +256,7 @@ def measure_peak(dtype: str, context: int, sessions: int, threads: int = 0) -> d
     import subprocess
     import sys
 
-    from engine.llm.models import converted_dir, default_model_path
+    from engine.llm.hf.models import converted_dir, default_model_path
 
     if not (converted_dir(default_model_path()) / "config.json").is_file():
         # Convert the GGUF in a process of its own: converting frees ~1 GB that the allocator

@@ -19,14 +19,14 @@ console = Console(width=max(Console().width, 110))
 
 
 def _fail(message: str) -> click.ClickException:
-    from engine.cli_common import ConfigError
+    from engine.cli.common import ConfigError
 
     return ConfigError(message)
 
 
 def _prepare(flow_dir: str, pairs_file: str, embedder_name: str | None, slots: tuple[str, ...]):
     """Load the flow and the pairs, build the filter, match every pair once."""
-    from engine.cli_common import _load_flow_or_exit, _parse_slots
+    from engine.cli.common import _load_flow_or_exit, _parse_slots
     from engine.compliance import ComplianceFilter, create_embedder
     from engine.compliance.calibration import load_pairs, score_pairs, session_slots
 

@@ -18,8 +18,8 @@ needs:
    finished rows are dropped from the batch (their cache rows are selected away), so a long
    reply does not make 31 finished rows keep computing.
 
-The batch's cache grows in place (:mod:`engine.llm.growing_cache`) and attention keeps grouped
-query heads grouped (:mod:`engine.llm.attention`): both avoid copying every layer's keys and
+The batch's cache grows in place (:mod:`engine.llm.hf.growing_cache`) and attention keeps grouped
+query heads grouped (:mod:`engine.llm.hf.attention`): both avoid copying every layer's keys and
 values once per step, which dominated large batches.
 
 The loop is a generator that yields after every step, so streaming and early stop are the same
@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.generation import GenerationParams
-from engine.llm.growing_cache import GrowingCache
-from engine.llm.kv_cache import KVLayers, SessionKVCache
-from engine.llm.sampling import RowSampler
+from engine.flow.generation import GenerationParams
+from engine.llm.hf.growing_cache import GrowingCache
+from engine.llm.hf.kv_cache import KVLayers, SessionKVCache
+from engine.llm.hf.sampling import RowSampler
 
 
 @dataclass

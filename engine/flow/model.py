@@ -1,6 +1,6 @@
 """A compiled flow: the immutable graph every conversation of that flow shares.
 
-Built once by :func:`engine.flow_loader.load_flow`; nothing is looked up by string
+Built once by :func:`engine.flow.loader.load_flow`; nothing is looked up by string
 mid-conversation that was not checked at load time.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
 
 StageKind = Literal["scripted", "llm", "end"]
 

@@ -55,7 +55,7 @@ def capacity(
     model: str, dtype: str, context: int, sessions: int, batch: int, as_json: bool, measure: bool
 ) -> None:
     """Estimate weights, KV cache per token and per session, activations and total memory."""
-    from engine.capacity import MODEL_ALIASES, estimate, load_shape, measure_peak
+    from engine.llm.hf.capacity import MODEL_ALIASES, estimate, load_shape, measure_peak
 
     try:
         shape, label = load_shape(model)

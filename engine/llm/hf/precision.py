@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import SalesbotError
-from engine.hardware import cpu_has_native_bf16
+from engine.llm.hf.hardware import cpu_has_native_bf16
 
 ALIASES = {
     "fp32": "fp32",

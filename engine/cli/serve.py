@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from engine.cli_common import DB_HELP, ConfigError, _load_flow_or_exit
+from engine.cli.common import DB_HELP, ConfigError, _load_flow_or_exit
 from engine.errors import SalesbotError
 
 

@@ -1,18 +1,11 @@
-"""The `salesbot` command. A thin layer: parse, call the library, format, map errors to exit codes.
-
-Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error (click's convention).
-"""
+"""`salesbot chat` and `salesbot demo`: talk to a flow in the terminal, or watch a scripted call."""
 
 from __future__ import annotations
-
-import json
-import os
-import sys
 
 import click
 from rich.table import Table
 
-from engine.cli_common import (
+from engine.cli.common import (
     DB_HELP,
     ConfigError,
     _load_flow_or_exit,
@@ -20,41 +13,6 @@ from engine.cli_common import (
     console,
 )
 from engine.errors import SalesbotError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-
-@click.group()
-@click.version_option(package_name="salesbot")
-def main() -> None:
-    """salesbot: hybrid sales-call dialogue engine."""
-
-
-@main.command()
-@click.argument("flow_dir", type=click.Path())
-def validate(flow_dir: str) -> None:
-    """Validate a flow folder; exit 0 when valid, 2 with every problem listed otherwise."""
-    flow = _load_flow_or_exit(flow_dir)
-    llm = sum(1 for s in flow.stages.values() if s.kind == "llm")
-    console.print(
-        f"[green]ok[/green] {flow.name} ({flow.language}): {len(flow.stages)} stages "
-        f"({llm} llm), {len(flow.intents)} intents, "
-        f"{sum(len(v) for v in flow.intents.values())} examples, {len(flow.scripts)} scripts"
-    )
-    console.print(f"version {flow.version}")
-
-
-@main.command()
-@click.argument(
-    "file", type=click.Choice(["flow.yaml", "intents.yaml", "scripts.yaml"]), default="flow.yaml"
-)
-def schema(file: str) -> None:
-    """Print the JSON Schema of one flow file (for editors' YAML language servers)."""
-    from engine.flow_schema import json_schema
-
-    click.echo(json.dumps(json_schema(file), indent=2, ensure_ascii=False))
-
 
 BACKEND_HELP = "LLM backend for this run (default: the flow's llm.backend)."
 
@@ -88,7 +46,7 @@ def _reply_line(reply) -> None:
         console.print(f"[yellow]call ended: {reply.outcome}[/yellow]")
 
 
-@main.command()
+@click.command()
 @click.argument("flow_dir", type=click.Path())
 @click.option("--db", default="sqlite:///salesbot.db", show_default=True, help=DB_HELP)
 @click.option("--customer-id", default="cli-customer", show_default=True)
@@ -138,7 +96,7 @@ DEMO_CALLER = [
 ]
 
 
-@main.command()
+@click.command()
 @click.argument("flow_dir", type=click.Path(), default="flows/broadband_en")
 @click.option("--db", default="sqlite:///salesbot.db", show_default=True, help=DB_HELP)
 @click.option("--backend", default=None, help=BACKEND_HELP)
@@ -175,22 +133,3 @@ def _print_transcript(engine, session_id: str) -> None:
     console.print(table)
     conversation = engine.store.get(session_id)
     console.print(f"outcome: [bold]{conversation.outcome}[/bold]  database: {engine.store.url}")
-
-
-def _register_subcommands() -> None:
-    """Command groups live in their own modules (shared helpers are in ``engine.cli_common``)."""
-    from engine.cli_capacity import capacity
-    from engine.cli_compliance import compliance
-    from engine.cli_intents import intents
-    from engine.cli_report import report
-    from engine.cli_serve import serve
-    from engine.cli_simulate import simulate
-
-    for command in (capacity, compliance, intents, report, serve, simulate):
-        main.add_command(command)
-
-
-_register_subcommands()
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

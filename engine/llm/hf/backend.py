@@ -1,6 +1,6 @@
 """In-process generation with transformers + torch: the reference backend.
 
-Generation goes through :class:`engine.llm.decoder.Decoder`, which reuses each session's prompt
+Generation goes through :class:`engine.llm.hf.decoder.Decoder`, which reuses each session's prompt
 KV cache across turns and decodes many sessions in one batch. Calls are serialised by a lock:
 torch already uses every core for one forward pass, so two generations at once on a CPU only make
 both slower. Concurrency comes from batching instead (``generate_batch``, or
@@ -22,11 +22,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from engine.generation import GenerationParams
+from engine.flow.generation import GenerationParams
 from engine.llm.base import BackendError, BatchItem, ChatMessage, DeadlineExceeded, Generation
-from engine.llm.kv_cache import SessionKVCache
-from engine.llm.models import default_model_path, load_model_and_tokenizer
-from engine.llm.precision import prepare_model, resolve_precision
+from engine.llm.hf.kv_cache import SessionKVCache
+from engine.llm.hf.models import default_model_path, load_model_and_tokenizer
+from engine.llm.hf.precision import prepare_model, resolve_precision
 
 DEFAULT_CACHE_MB = 512.0
 
@@ -34,7 +34,7 @@ DEFAULT_CACHE_MB = 512.0
 class TransformersBackend:
     """Any local Hugging Face causal LM folder or GGUF file (default: SmolLM2-135M-Instruct).
 
-    ``dtype``: auto (bf16 where native, see engine.llm.precision) | fp32 | bf16 | int8 (CPU),
+    ``dtype``: auto (bf16 where native, see engine.llm.hf.precision) | fp32 | bf16 | int8 (CPU),
     fp32 | bf16 | fp16 (CUDA). ``cache_mb``: memory budget
     for all sessions' cached prompts (0 turns reuse off). ``threads``: torch intra-op threads
     (0 = torch's default, one per core). ``device``: auto | cpu | cuda[:n].
@@ -80,7 +80,7 @@ class TransformersBackend:
             torch.set_num_threads(self.threads)
         precision = resolve_precision(self.dtype, self.device)
         model = prepare_model(model, precision)
-        from engine.llm.attention import use_grouped_sdpa
+        from engine.llm.hf.attention import use_grouped_sdpa
 
         use_grouped_sdpa(model)  # padded batches: no per-layer copy of the keys and values
         eos = model.generation_config.eos_token_id
@@ -88,7 +88,7 @@ class TransformersBackend:
         if tokenizer.eos_token_id is not None:
             eos_ids.add(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
-        from engine.llm.decoder import Decoder
+        from engine.llm.hf.decoder import Decoder
 
         self._model, self._tokenizer, self.precision = model, tokenizer, precision
         self._decoder = Decoder(
@@ -196,7 +196,7 @@ class TransformersBackend:
             raise DeadlineExceeded("the model stayed busy past the deadline")
 
     def _row(self, item: BatchItem, deadline: float):
-        from engine.llm.decoder import DecodeRow
+        from engine.llm.hf.decoder import DecodeRow
 
         prompt = self.encode(item.messages)
         if len(prompt) + item.params.max_new_tokens > self.max_positions:

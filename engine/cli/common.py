@@ -19,7 +19,7 @@ class ConfigError(click.ClickException):
 
 
 def _load_flow_or_exit(flow_dir: str):
-    from engine.flow_loader import load_flow
+    from engine.flow.loader import load_flow
 
     try:
         return load_flow(flow_dir)
