@@ -2,8 +2,8 @@
 
 The hash is GrowthBook's version 2 scheme, so an assignment can be reproduced with any GrowthBook
 SDK: ``n = fnv1a32(str(fnv1a32(seed + unit_id)))``, bucket ``n % 10000``. FNV-1a runs over the
-string's code points (as GrowthBook's SDKs do), never over Python's salted ``hash()``. Arms own
-contiguous bucket ranges in declaration order, sized by their weights.
+string's UTF-16 code units (as GrowthBook's SDKs do), never over Python's salted ``hash()``. Arms
+own contiguous bucket ranges in declaration order, sized by their weights.
 
 The record stored on the conversation (``conversations.assignment``) carries what is needed to
 audit and report the assignment without the YAML at hand: the scheme tag, seed, hash version,
@@ -12,6 +12,8 @@ bucket, arm, mode, overrides and the experiment's design (control, weights, metr
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,14 +22,21 @@ FNV_OFFSET = 0x811C9DC5
 FNV_PRIME = 0x01000193
 HASH_VERSION = 2
 BUCKETS = 10_000
+# Kept at v2 when the hash moved from code points to UTF-16 code units (issue 18): the two agree
+# on every string without characters beyond U+FFFF, and stored records are read, not re-derived.
 SCHEME = "assign:v2"
+_UTF16 = "utf-16-le" if sys.byteorder == "little" else "utf-16-be"  # native order, for array("H")
 
 
 def fnv1a32(text: str) -> int:
-    """32-bit FNV-1a over the string's code points (GrowthBook's ``hashFnv32a``)."""
+    """32-bit FNV-1a over the string's UTF-16 code units, like GrowthBook's ``hashFnv32a`` (the
+    JS SDK's ``charCodeAt`` loop; the Python SDK from 4.0 encodes to UTF-16-LE): a character
+    beyond U+FFFF (an emoji) counts as its two surrogates, not as one code point, so BMP-only
+    strings hash as over code points and astral ones do not. ``surrogatepass`` keeps a lone
+    surrogate as the one code unit it is, as in JS."""
     value = FNV_OFFSET
-    for char in text:
-        value ^= ord(char)
+    for unit in array("H", text.encode(_UTF16, "surrogatepass")):
+        value ^= unit
         value = (value * FNV_PRIME) & 0xFFFFFFFF
     return value
 
