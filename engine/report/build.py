@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from engine import stats
+from engine.report import stats
 from engine.errors import SalesbotError
 from engine.experiments import MODES
 from engine.report import health
