@@ -22,8 +22,8 @@ def paired_counts(c: Comparison) -> str:
     if t is None:
         return ""
     return (
-        f"; {t.only_a + t.only_b} of {t.pairs} customers differed "
-        f"({t.only_b} only with {c.arm}, {t.only_a} only with {c.control})"
+        f"; {t.only_a + t.only_b} of {t.pairs} customers counted in one arm only "
+        f"({t.only_b} in {c.arm}, {t.only_a} in {c.control})"
     )
 
 
