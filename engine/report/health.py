@@ -15,6 +15,7 @@ MIN_UNITS = 100  # per arm, below which intervals are too wide to act on
 MAX_IN_PROGRESS = 0.05
 MAX_ERRORS = 0.01
 MAX_UNIVERSAL = 0.10
+LLM_BACKEND = "LLM backend"  # the check's name, which the CLI looks up
 
 
 def checks(
@@ -161,9 +162,6 @@ def backend_failed(report: Report) -> HealthCheck | None:
     """The LLM backend check when it raised an alarm (more than MAX_ERRORS of the LLM calls
     errored), else None: the CLI fails on it."""
     return next((h for h in report.health if h.name == LLM_BACKEND and h.status == "alarm"), None)
-
-
-LLM_BACKEND = "LLM backend"
 
 
 def _llm_errors(report: Report, counts: FunnelCounts) -> HealthCheck:
