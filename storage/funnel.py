@@ -194,6 +194,50 @@ def collect(
     return out
 
 
+@dataclass(frozen=True)
+class UnitOutcome:
+    """One conversation's results, for tests that pair the arms customer by customer."""
+
+    customer_id: str
+    arm: str
+    succeeded: bool  # outcome in the success outcomes (what ``successes`` counts)
+    hung_up: bool  # what ``hangups`` counts
+    stages: frozenset[str]  # stages reached (what ``reached`` counts)
+
+
+def unit_outcomes(
+    source: Source,
+    experiment: str,
+    *,
+    run_id: str | None = None,
+    success_outcomes: Sequence[str] = ("converted",),
+    hangup_outcomes: Sequence[str] = ("hung_up",),
+) -> list[UnitOutcome]:
+    """Per conversation what :func:`collect` counts per arm, with the same definitions, so a
+    paired test over these agrees with the arm totals."""
+    where = scope(experiment, run_id)
+    success, hangup = list(success_outcomes), list(hangup_outcomes)
+    is_hangup = or_(C.end_reason == "hangup", _in(C.outcome, hangup))
+    query = select(
+        C.id,
+        C.customer_id,
+        C.arm,
+        case((_in(C.outcome, success), 1), else_=0),
+        case((is_hangup, 1), else_=0),
+    ).where(where)
+    joined = stage_events.join(conversations, conversations.c.id == E.conversation_id)
+    reached_query = select(E.conversation_id, E.stage).select_from(joined).where(where).distinct()
+    with _use(source) as conn:
+        rows = conn.execute(query).all()
+        reached: dict[str, set[str]] = defaultdict(set)
+        for conversation_id, stage in conn.execute(reached_query):
+            reached[conversation_id].add(stage)
+    return [
+        UnitOutcome(customer, arm, bool(won), bool(lost), frozenset(reached.get(cid, ())))
+        for cid, customer, arm, won, lost in rows
+    ]
+
+
 def _in(column, values: list[str]) -> ColumnElement[bool]:
     return column.in_(values) if values else false()
 

@@ -185,7 +185,7 @@ def test_ranges_differ_from_growthbook_at_one_edge_bucket(weights, differ):
 def test_experiment_assign_matches_growthbook_run():
     """The whole path: Experiment.assign against GrowthBook.run of the same experiment."""
     from engine.experiments import load_experiments
-    from engine.flow_loader import load_flow
+    from engine.flow.loader import load_flow
     from tests.conftest import BROADBAND
 
     experiment = load_experiments(BROADBAND, load_flow(BROADBAND))["hybrid_vs_pure_llm"]

@@ -3,6 +3,7 @@ PostgreSQL; the HTML renders in a real browser; the CLI maps problems to exit co
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -20,7 +21,9 @@ from statsmodels.stats.proportion import confint_proportions_2indep, proportion_
 
 from engine.cli import main
 from engine.experiments import load_experiments
-from engine.report import ReportError, build_report, render_html, write_report
+from engine.report import ReportError, build_report, render_html, render_markdown, write_report
+from engine.report.format import pval
+from engine.report.stats import TWO_SAMPLE_INTERVAL, TWO_SAMPLE_TEST
 from storage import Store
 from storage.models import Conversation
 from tests import test_funnel
@@ -279,3 +282,16 @@ def test_report_without_a_design_orders_the_funnel_from_the_data(db_url):
     assert status["Assignment"] == "warn" and status["Sample ratio"] == "warn"
     with pytest.raises(ReportError, match=label):
         build_report(engine.store, "nothing_here")
+
+
+def test_live_traffic_is_compared_as_two_independent_samples_and_says_so(seeded):
+    """Without a simulation run the arms hold different customers: the two-sample test, named
+    in every view; a paired run's test (McNemar) appears nowhere."""
+    report = build_report(seeded.store, seeded.experiment)
+    assert not report.paired and report.test == TWO_SAMPLE_TEST
+    assert report.interval_method == TWO_SAMPLE_INTERVAL
+    assert all(c.paired is None for c in [*report.primary, *report.secondary])
+    (primary,) = report.primary
+    for text in (render_html(report), render_markdown(report), " ".join(report.summary)):
+        assert f"z-test p = {pval(primary.p_value)}" in html.unescape(text)
+        assert "McNemar" not in text

@@ -3,15 +3,18 @@ fake LLM at the process boundary: reproducible, responsive to its inputs, resuma
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import random
 import re
 import threading
 import time
+from collections import Counter
 
 import pytest
 from click.testing import CliRunner
+from scipy import stats as sps
 from sqlalchemy import select
 
 from engine.cli import main
@@ -19,7 +22,11 @@ from engine.compliance import ComplianceFilter
 from engine.compliance.embedders import CharNgramEmbedder
 from engine.engine import Engine
 from engine.flow.loader import load_flow
+from engine.llm.base import BackendError
+from engine.llm.registry import register_backend
 from engine.report import build_report
+from engine.report.format import interval, pval
+from engine.report.stats import PAIRED_TEST, compare, newcombe_paired
 from engine.simulation import Simulation, choose, load_population
 from engine.simulation.batching import RoundBatcher
 from engine.simulation.results import (
@@ -33,6 +40,7 @@ from storage import Store
 from storage.models import Conversation, SimulationRun
 from tests.conftest import BROADBAND, ROOT
 from tests.fakes import FakeBackend
+from tests.test_stats import hand_holm
 
 N = 25
 SEED = 7
@@ -185,7 +193,33 @@ def test_the_report_compares_the_arms_with_a_paired_test(baseline):
     assert paired.test.pairs == N
     assert paired.test.rate_a == pytest.approx(report.arms[0].closed.rate)
     assert paired.test.rate_b == pytest.approx(report.arms[1].closed.rate)
-    assert paired.test.only_a + paired.test.only_b + paired.test.both <= N
+    # the McNemar table counted by hand, customer by customer
+    closed = {(c.customer_id, c.arm): c.outcome in experiment.success_outcomes
+              for c in conversations}  # fmt: skip
+    customers = {c.customer_id for c in conversations}
+    table = Counter((closed[(u, "hybrid")], closed[(u, "pure_llm")]) for u in customers)
+    only_hybrid, only_pure = table[(True, False)], table[(False, True)]
+    t = paired.test
+    assert (t.both, t.only_a, t.only_b, t.neither) == (
+        table[(True, True)], only_hybrid, only_pure, table[(False, False)]
+    )  # fmt: skip
+    assert only_hybrid + only_pure > 0  # the arms disagree on some customers: a real test
+    # the report's primary comparison is that paired test, not the two-sample one
+    (primary,) = report.primary
+    assert report.paired and report.test.startswith("McNemar mid-p")
+    assert primary.paired == t and primary.diff == pytest.approx((only_pure - only_hybrid) / N)
+    k, discordant = min(only_hybrid, only_pure), only_hybrid + only_pure
+    mid_p = 2 * (sps.binom.cdf(k, discordant, 0.5) - sps.binom.pmf(k, discordant, 0.5) / 2)
+    assert primary.p_value == pytest.approx(min(mid_p, 1.0))
+    assert (primary.low, primary.high) == pytest.approx(
+        newcombe_paired(table[(True, True)], only_pure, only_hybrid, table[(False, False)])
+    )
+    unpaired = compare(
+        primary.value.count, N, primary.control_value.count, N
+    )  # what live traffic would get from the same counts: a different test
+    assert primary.p_value != pytest.approx(unpaired.p_value)
+    for c in report.secondary:  # every comparison of a paired run is paired
+        assert c.paired is not None and c.paired.pairs == N
 
 
 def test_same_seed_gives_identical_results_and_report(parts, baseline, tmp_path):
@@ -202,12 +236,24 @@ def test_a_different_seed_gives_different_results(parts, baseline, tmp_path):
     engine, experiment, result = baseline
     other, experiment8, result8 = simulate(parts, f"sqlite:///{tmp_path / 'seed8.db'}", seed=8)
     assert result8.run_id != result.run_id
-    base = [(c.arm, c.outcome, c.persona) for c in run_conversations(engine.store, result.run_id)]
-    new = [(c.arm, c.outcome, c.persona) for c in run_conversations(other.store, result8.run_id)]
-    assert base != new
-    assert stable_report(other, experiment8, result8.run_id) != stable_report(
-        engine, experiment, result.run_id
-    )
+
+    # Other customers: what they said differs, compared without ids, seeds or clock times.
+    def said(eng, run_id) -> list[str]:
+        rows = transcript(eng, run_id)
+        return sorted(repr((arm, [t[0] for t in turns])) for _, arm, _, _, turns in rows)
+
+    assert said(engine, result.run_id) != said(other, result8.run_id)
+
+    # ... and so do the results: the arms' outcomes and funnel, not only the recorded seed.
+    def results(store, run_id) -> dict:
+        report = build_report(store, experiment.name, run_id=run_id)
+        return {
+            "outcomes": {a.name: a.outcomes for a in report.arms},
+            "funnel": [(r.stage, {a: c.reached.count for a, c in r.arms.items()})
+                       for r in report.funnel],
+        }  # fmt: skip
+
+    assert results(other.store, result8.run_id) != results(engine.store, result.run_id)
 
 
 def test_an_llm_that_always_falls_back_closes_fewer_calls(parts, baseline, tmp_path):
@@ -390,3 +436,91 @@ def test_the_simulate_command_sizes_the_kv_cache_for_the_conversations_in_flight
     assert isinstance(llm, RoundBatcher) and llm.max_batch == 32
     assert llm.inner.cache_mb == CACHE_MB_PER_CONVERSATION * 64
     assert _build_backend(None, flow, 1, 4).inner.cache_mb == 512
+
+
+def test_every_output_of_a_simulation_gives_the_same_paired_verdict(tmp_path):
+    """report.html, report.md, report.json, simulation.md, simulation.json and the terminal:
+    one p-value and one interval for the primary metric, from McNemar's paired test."""
+    out = tmp_path / "report"
+    args = ["simulate", str(BROADBAND), "--n", "12", "--seed", "5", "--db",
+            f"sqlite:///{tmp_path / 'one.db'}", "--out", str(out), "--backend", "script-sampler",
+            "--embedder", "tfidf-char"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["paired"] is True and report["test"] == PAIRED_TEST
+    (primary,) = report["primary"]
+    table = primary["paired"]
+    assert table["pairs"] == 12 and table["p_value"] == primary["p_value"]
+    assert (table["low"], table["high"]) == (primary["low"], primary["high"])
+    p_text, ci = pval(primary["p_value"]), interval(primary["low"], primary["high"], points=True)
+    saved = json.loads((out / "simulation.json").read_text())["paired"][0]
+    assert (saved["p_value"], saved["low"], saved["high"]) == (
+        primary["p_value"], primary["low"], primary["high"]
+    )  # fmt: skip
+    assert saved["test"]["p_value"] == primary["p_value"]
+
+    def words(text: str) -> str:
+        return " ".join(html.unescape(text).split())  # rich wraps lines; HTML escapes "<"
+
+    for name in ("report.html", "report.md", "simulation.md"):
+        text = words((out / name).read_text(encoding="utf-8"))
+        assert f"McNemar mid-p p = {p_text}" in text, name
+        assert ci in text, name
+        assert "z-test" not in text, name  # the two-sample test appears nowhere
+    terminal = words(result.output)
+    assert f"McNemar mid-p p = {p_text}" in terminal and ci in terminal
+
+
+class AlwaysFails:
+    """An LLM backend whose every call fails, as a dead server or a broken model would."""
+
+    name = "always-fails"
+
+    def generate(self, messages, params, seed=None, session_key=None):
+        raise BackendError("connection refused by the test backend")
+
+    def generate_batch(self, items):
+        raise BackendError("connection refused by the test backend")
+
+
+def test_a_backend_that_always_fails_makes_the_simulation_fail(tmp_path):
+    register_backend("always-fails", lambda **_: AlwaysFails())
+    args = ["simulate", str(BROADBAND), "--n", "4", "--backend", "always-fails",
+            "--embedder", "tfidf-char"]  # fmt: skip
+    first = CliRunner().invoke(
+        main, [*args, "--db", f"sqlite:///{tmp_path / 'a.db'}", "--out", str(tmp_path / "a")]
+    )
+    assert first.exit_code == 1, first.output
+    assert "error: LLM backend errors:" in first.output
+    assert "--allow-backend-errors" in first.output
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    check = next(h for h in report["health"] if h["name"] == "LLM backend")
+    assert check["status"] == "alarm" and check["detail"]["errors"] == check["detail"]["llm_turns"]
+    assert report["summary"][0].startswith("Do not act on these results")
+    assert "LLM backend errors" in (tmp_path / "a" / "simulation.md").read_text()
+    allowed = CliRunner().invoke(
+        main,
+        [*args, "--db", f"sqlite:///{tmp_path / 'b.db'}", "--out", str(tmp_path / "b"),
+         "--allow-backend-errors"],
+    )  # fmt: skip
+    assert allowed.exit_code == 0, allowed.output
+    assert "error: LLM backend errors:" in allowed.output
+
+
+def test_several_treatment_arms_get_holm_on_the_primary_comparisons(tmp_path):
+    out = tmp_path / "three"
+    args = ["simulate", str(BROADBAND), "--arms", "hybrid,pure_llm,twin=hybrid", "--n", "12",
+            "--seed", "5", "--db", f"sqlite:///{tmp_path / 'three.db'}", "--out", str(out),
+            "--backend", "script-sampler", "--embedder", "tfidf-char"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    primary = report["primary"]
+    assert [c["arm"] for c in primary] == ["pure_llm", "twin"]
+    raw = [c["p_value"] for c in primary]
+    assert [c["p_adjusted"] for c in primary] == pytest.approx(hand_holm(raw))
+    assert [c["significant"] for c in primary] == [p < 0.05 for p in hand_holm(raw)]
+    md = (out / "report.md").read_text()
+    assert "Holm-adjusted across the 2 treatment arms" in md
+    assert all(f"Holm-adjusted p = {pval(c['p_adjusted'])}" in md for c in primary)

@@ -96,8 +96,9 @@ def test_repairs_and_reprompts_cost_patience_and_the_customer_repeats(population
 
 def test_patience_zero_hangs_up_at_the_first_unhelpful_reply(population):
     c = customer(population, patience=0.0)
-    assert c.respond("greet") is not None
-    assert c.respond("repair") is None
+    assert c.respond("greet").intent == "affirm"  # the opening line is not unhelpful
+    assert c.respond("repair") is None  # the first unhelpful reply: hang-up probability 1
+    assert c.strikes == 1 and c.trace[-1].said is None and not c.trace[-1].addressed
 
 
 def test_lower_patience_hangs_up_sooner_on_average(population):
@@ -135,7 +136,8 @@ def test_bot_averse_customers_ask_and_hang_up_on_hearing_a_bot(population):
     assert c.respond("faq") is None
     c = customer(population, bot_aversion=0.0)
     c.respond("greet")
-    assert c.respond("faq") is not None
+    stays = c.respond("faq")  # hears the bot, stays on the line and repeats its answer
+    assert stays.intent == "affirm" and c.trace[-1].role == "faq"
 
 
 def test_identity_refusal_busy_and_wrong_person(population):
@@ -157,4 +159,8 @@ def test_goodbye_from_the_bot_is_answered_with_goodbye(population):
 def test_the_customer_gives_up_after_max_turns(population):
     c = customer(population)
     said = [c.respond("sell" if i else "greet") for i in range(population.max_turns + 1)]
-    assert said[-1] is None and all(s is not None for s in said[:-1])
+    # "sell" is no act of the flow, so it is heard as a repair: never helpful, but a customer
+    # with patience 1 never hangs up for that; it repeats its answer until the turn limit.
+    assert said[-1] is None and c.turns == population.max_turns + 1
+    assert [s.intent for s in said[:-1]] == ["affirm"] * population.max_turns
+    assert c.strikes == population.max_turns  # every reply after the greeting was unhelpful

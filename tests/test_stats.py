@@ -147,6 +147,54 @@ def test_mcnemar_exact_mid_p_and_chi_square_match_independent_computations():
         stats.mcnemar_paired([True], [True, False])
 
 
+def paired_lists(both: int, only_a: int, only_b: int, neither: int):
+    a = [True] * both + [True] * only_a + [False] * only_b + [False] * neither
+    b = [True] * both + [False] * only_a + [True] * only_b + [False] * neither
+    return a, b
+
+
+def test_newcombe_paired_interval_matches_the_published_example():
+    """Fagerland, Lydersen and Laake, Statistical Analysis of Contingency Tables (2017), ch. 8:
+    complete response before and after consolidation therapy (Cavo et al. 2012), table
+    [[59, 6], [16, 80]]: Newcombe square-and-add -0.0621 (95% CI -0.1186 to -0.0046)."""
+    low, high = stats.newcombe_paired(59, 6, 16, 80)
+    assert (round(low, 4), round(high, 4)) == (-0.1186, -0.0046)
+    # mcnemar_paired reports it for b - a: b succeeds alone in 6 customers, a alone in 16
+    a, b = paired_lists(59, 16, 6, 80)
+    test = stats.mcnemar_paired(a, b)
+    assert round(test.diff, 4) == -0.0621 and (round(test.low, 4), round(test.high, 4)) == (
+        -0.1186,
+        -0.0046,
+    )
+    # the mid-p test for the same table, from the binomial distribution directly
+    expected = 2 * (sps.binom.cdf(6, 22, 0.5) - sps.binom.pmf(6, 22, 0.5) / 2)
+    assert test.p_value == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "both,only_a,only_b,neither", [(10, 3, 9, 28), (0, 0, 4, 6), (5, 0, 0, 5), (20, 7, 2, 1)]
+)
+def test_newcombe_paired_interval_matches_the_formula(both, only_a, only_b, neither):
+    """Method 10 written out on scipy's Wilson limits, phi with Newcombe's adjustment."""
+    n = both + only_a + only_b + neither
+    s1, s2 = both + only_b, both + only_a  # b's and a's successes
+    p1, p2 = s1 / n, s2 / n
+    l1, u1 = scipy_wilson(s1, n)
+    l2, u2 = scipy_wilson(s2, n)
+    denominator = s1 * (n - s1) * s2 * (n - s2)
+    numerator = both * neither - only_a * only_b
+    if denominator == 0 or 0 <= numerator <= n / 2:
+        phi = 0.0
+    else:
+        phi = (numerator - n / 2 if numerator > n / 2 else numerator) / math.sqrt(denominator)
+    low = p1 - p2 - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2))
+    high = p1 - p2 + math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1))
+    test = stats.mcnemar_paired(*paired_lists(both, only_a, only_b, neither))
+    assert (test.low, test.high) == pytest.approx((low, high), abs=1e-9)
+    assert test.low <= test.diff <= test.high
+    assert stats.mcnemar_paired([], []).low is None
+
+
 def test_percentiles_match_inclusive_quantiles():
     rng = random.Random(5)
     values = [rng.lognormvariate(3, 1) for _ in range(333)]

@@ -32,14 +32,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.cli.common import DB_HELP, ConfigError, console
 from engine.errors import FlowValidationError, SalesbotError
+from engine.report.format import interval, pct, pts, pval
 from engine.simulation.backends import build_backend
-from engine.simulation.outputs import (
-    p_text,
-    paired_sentence,
-    percent,
-    points,
-    write_simulation_files,
-)
+from engine.simulation.outputs import paired_sentence, write_simulation_files
 from storage.repository import describe_db_error
 
 DEFAULT_N = 100
@@ -54,19 +49,26 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:.2f} conv/s" if speed else "- conv/s", style="progress.data.speed")
 
 
-def summary_table(report, paired, result, seconds: float) -> Table:
-    """One row per arm: size, close and hang-up rates, fallback rate, and the paired test."""
+def summary_table(report, result, seconds: float) -> Table:
+    """One row per arm: size, close and hang-up rates, fallback rate, and the report's primary
+    test (McNemar mid-p, paired by customer; Holm-adjusted with several treatment arms)."""
     table = Table(
         title=f"{report.experiment}: {report.primary_label.lower()}, paired by customer",
         caption=f"* control · run {result.run_id} · {result.done}/{result.total} "
         f"conversations · {seconds:.0f} s",
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
     )
-    headers = ("arm", "n", "closed", "95% CI", "hung up", "fallback", "diff\npts", "McNemar\np")
+    level = f"{100 * (1 - report.alpha):g}%"
+    several = len(report.primary) > 1
+    # Narrow enough for 80 columns; the difference's interval is in the sentence printed below.
+    headers = ["arm", "n", "closed", f"{level} CI", "hung up", "fallback", "diff\npts",
+               "McNemar\nmid-p p"] + (["Holm\np"] if several else [])  # fmt: skip
     for header in headers:
         table.add_column(header, justify="left" if header == "arm" else "right", no_wrap=True)
-    tests = {p.arm: p for p in paired}
+    tests = {c.arm: c for c in report.primary}
     fallback: dict[str, list[int]] = {}
     for row in report.compliance:
         counts = fallback.setdefault(row.arm, [0, 0])
@@ -77,16 +79,17 @@ def summary_table(report, paired, result, seconds: float) -> Table:
         drafts = fallback.get(arm.name, [0, 0])
         test = tests.get(arm.name)
         name = arm.name if arm.name == arm.mode else f"{arm.name} ({arm.mode})"
-        table.add_row(
+        cells = [
             name + ("*" if arm.name == report.control else ""),
             str(arm.assigned),
-            percent(closed.rate),
-            f"{100 * closed.low:.1f}-{100 * closed.high:.1f}",
-            percent(arm.hung_up.rate),
-            percent(drafts[0] / drafts[1]) if drafts[1] else "-",
-            points(test.test.diff) if test else "",
-            p_text(test.test.p_value) if test else "",
-        )
+            pct(closed.rate),
+            interval(closed.low, closed.high),
+            pct(arm.hung_up.rate),
+            pct(drafts[0] / drafts[1]) if drafts[1] else "-",
+            pts(test.diff, signed=True).removesuffix(" pts") if test else "",
+            pval(test.p_value) if test else "",
+        ]
+        table.add_row(*cells, *([pval(test.p_adjusted) if test else ""] if several else []))
     return table
 
 
@@ -108,6 +111,8 @@ def summary_table(report, paired, result, seconds: float) -> Table:
 @click.option("--concurrency", default=None, type=click.IntRange(1),
               help="Conversations in flight [default: 2 x batch].")  # fmt: skip
 @click.option("--run-id", default=None, help="Name the run (default: a hash of its inputs).")
+@click.option("--allow-backend-errors", is_flag=True,
+              help="Exit 0 even when over 1% of LLM calls failed (still reported).")  # fmt: skip
 def simulate(
     flow_dir: str,
     arms: str | None,
@@ -121,12 +126,14 @@ def simulate(
     batch: int,
     concurrency: int | None,
     run_id: str | None,
+    allow_backend_errors: bool,
 ) -> None:
     """Run N simulated customers through FLOW_DIR in every arm and write the A/B report.
 
     The same customers (personas.yaml, utterances.yaml, --seed) meet every arm, so the arms
     are compared pair by pair. Everything is stored like live traffic in --db. Interrupt with
-    Ctrl-C and run the same command again to resume.
+    Ctrl-C and run the same command again to resume. Exits 1 when more than 1% of the LLM
+    calls failed (the report would measure the broken backend), unless --allow-backend-errors.
     """
     if "torch" not in sys.modules:
         # OpenMP threads that spin while they wait for each other lose badly when the cores are
@@ -139,8 +146,8 @@ def simulate(
     from engine.experiments import load_experiments
     from engine.flow.loader import load_flow
     from engine.report import build_report, write_report
+    from engine.report.health import backend_failed
     from engine.simulation import Simulation, choose, load_population
-    from engine.simulation.results import paired_comparisons, run_conversations
 
     started = time.perf_counter()
     try:
@@ -207,16 +214,30 @@ def simulate(
             "rerun may differ in some drafts."
         )
     report = build_report(engine.store, spec.name, run_id=result.run_id)
-    paired = paired_comparisons(
-        run_conversations(engine.store, result.run_id), spec, [a.label for a in chosen]
-    )
     folder = Path(out_dir or Path("reports") / result.run_id)
     paths = write_report(report, folder)
     params = {"run_id": result.run_id, **simulation.plan.params()}
-    write_simulation_files(folder, report, paired, params, paths["html"].name)
+    write_simulation_files(folder, report, params, paths["html"].name)
     elapsed = time.perf_counter() - started
-    console.print(summary_table(report, paired, result, elapsed))
-    for comparison in paired:
-        console.print(paired_sentence(comparison, report.primary_label, report.alpha))
+    console.print(summary_table(report, result, elapsed))
+    for comparison in report.primary:
+        console.print(paired_sentence(comparison, report.alpha))
+    for check in report.health:
+        if check.status == "alarm":
+            console.print(f"[red]alarm[/red] ({check.name}): {check.verdict}")
     console.print(f"also written: {', '.join(p.name for p in paths.values())}, simulation.md")
     console.print(f"report: [bold]{paths['html']}[/bold]", soft_wrap=True)
+    failed = backend_failed(report)
+    if failed is not None:
+        if allow_backend_errors:
+            console.print(
+                f"[red]error[/red]: {failed.verdict} (exit 0: --allow-backend-errors)",
+                soft_wrap=True,
+            )
+        else:
+            console.print(
+                f"[red]error[/red]: {failed.verdict} Exiting with status 1; pass "
+                "--allow-backend-errors to accept the run.",
+                soft_wrap=True,
+            )
+            sys.exit(1)

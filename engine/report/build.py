@@ -13,10 +13,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from engine.report import stats
 from engine.errors import SalesbotError
 from engine.experiments import MODES
-from engine.report import health
+from engine.report import health, stats
 from engine.report.model import (
     ArmSummary,
     Comparison,
@@ -88,12 +87,26 @@ def _analyse(
     arms = [_arm_summary(name, counts, weights, modes, alpha) for name in arm_names]
     funnel_rows = _funnel_rows(stages, arms, counts, alpha)
     treatments = arm_names[1:]
+    # A simulation run (conversations carry its run id) meets every customer in every arm: the
+    # arms are compared customer by customer. Live traffic: two independent samples.
+    units = None
+    if run_id is not None:
+        units = _units_by_customer(
+            funnel_sql.unit_outcomes(
+                bind, experiment, run_id=run_id, success_outcomes=success, hangup_outcomes=hangup
+            )
+        )
     primary = [
-        _compare(primary_metric, arm, control, counts, alpha, primary=True) for arm in treatments
+        _compare(primary_metric, arm, control, counts, alpha, primary=True, units=units)
+        for arm in treatments
     ]
+    if len(primary) > 1:  # several treatment arms: Holm across the primary comparisons
+        for c, adjusted in zip(primary, stats.holm([c.p_value for c in primary]), strict=True):
+            c.p_adjusted = adjusted
+            c.significant = adjusted is not None and adjusted < alpha
     secondary_metrics = _secondary_metrics(stages, primary_metric, counts)
     secondary = [
-        _compare(metric, arm, control, counts, alpha)
+        _compare(metric, arm, control, counts, alpha, units=units)
         for arm in treatments
         for metric in secondary_metrics
     ]
@@ -129,6 +142,9 @@ def _analyse(
         latency=_latency(counts, arm_names),
         health=[],
         summary=[],
+        paired=units is not None,
+        test=stats.PAIRED_TEST if units is not None else stats.TWO_SAMPLE_TEST,
+        interval_method=(stats.PAIRED_INTERVAL if units is not None else stats.TWO_SAMPLE_INTERVAL),
     )
     rows = funnel_sql.assignment_rows(bind, experiment, run_id)
     report.health = health.checks(report, counts, seen, rows)
@@ -156,6 +172,61 @@ def _count(metric: str, arm: str, counts: funnel_sql.FunnelCounts) -> int:
     raise ReportError(f"unknown metric {metric!r}")
 
 
+Units = dict[str, dict[str, funnel_sql.UnitOutcome]]
+
+
+def _units_by_customer(rows: list[funnel_sql.UnitOutcome]) -> Units:
+    """customer id -> arm -> that customer's conversation in the arm."""
+    out: Units = {}
+    for row in rows:
+        out.setdefault(row.customer_id, {})[row.arm] = row
+    return out
+
+
+def _hit(metric: str, unit: funnel_sql.UnitOutcome) -> bool:
+    """Whether one conversation counts for ``metric`` (as :func:`_count` counts an arm)."""
+    if metric == "close_rate":
+        return unit.succeeded
+    if metric == "hangup_rate":
+        return unit.hung_up
+    if metric.startswith("reach:"):
+        return metric.split(":", 1)[1] in unit.stages
+    raise ReportError(f"unknown metric {metric!r}")
+
+
+def _compare_paired(
+    metric: str, arm: str, control: str, units: Units, alpha: float, primary: bool
+) -> Comparison:
+    """McNemar's mid-p test and Newcombe's paired interval over the customers run in both arms
+    (every customer of a finished simulation)."""
+    pairs = [(v[control], v[arm]) for v in units.values() if control in v and arm in v]
+    before = [_hit(metric, c) for c, _ in pairs]
+    after = [_hit(metric, t) for _, t in pairs]
+    test = stats.mcnemar_paired(before, after, alpha=alpha)
+    control_value = stats.wilson(sum(before), len(pairs), alpha)
+    mde = None
+    if primary and control_value.rate is not None:  # two-sample approximation (see Methods)
+        mde = stats.minimum_detectable_effect(control_value.rate, len(pairs), len(pairs), alpha)
+    p_value = test.p_value if pairs else None
+    return Comparison(
+        metric=metric,
+        label=metric_label(metric),
+        arm=arm,
+        control=control,
+        control_value=control_value,
+        value=stats.wilson(sum(after), len(pairs), alpha),
+        diff=test.diff,
+        low=test.low,
+        high=test.high,
+        p_value=p_value,
+        p_adjusted=None,
+        significant=primary and p_value is not None and p_value < alpha,
+        primary=primary,
+        mde=mde,
+        paired=test,
+    )
+
+
 def _compare(
     metric: str,
     arm: str,
@@ -164,7 +235,10 @@ def _compare(
     alpha: float,
     *,
     primary: bool = False,
+    units: Units | None = None,
 ) -> Comparison:
+    if units is not None:
+        return _compare_paired(metric, arm, control, units, alpha, primary)
     n1, n0 = counts.assigned.get(arm, 0), counts.assigned.get(control, 0)
     c1, c0 = _count(metric, arm, counts), _count(metric, control, counts)
     diff = stats.compare(c1, n1, c0, n0, alpha)

@@ -125,8 +125,8 @@ def funnel_chart(report: Report) -> str:
 
 
 def difference_chart(report: Report) -> str | None:
-    """Forest plot: treatment minus control per metric, Newcombe intervals; filled markers are
-    significant (primary unadjusted, secondary after Holm)."""
+    """Forest plot: treatment minus control per metric, with the report's interval (Newcombe,
+    paired or two-sample); filled markers are significant (after Holm where it applies)."""
     if not report.treatments:
         return None
     colours = arm_colours(report)
@@ -160,7 +160,8 @@ def difference_chart(report: Report) -> str | None:
         ax.xaxis.grid(True, color=GRID, linewidth=0.8)
         ax.set_axisbelow(True)
         ax.set_xlabel(
-            "difference in percentage points (95% Newcombe interval); filled = significant"
+            f"difference in percentage points ({level(report)} {report.interval_method} "
+            "interval); filled = significant"
         )
         handles = [
             Line2D([], [], color=colours[arm], marker="o", label=f"{arm} − {report.control}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.report import stats
 from engine.experiments.assignment import HASH_VERSION, arm_for_bucket, bucket_of
+from engine.report import stats
 from engine.report.format import pct, pts, pval
 from engine.report.model import HealthCheck, Report
 from storage.funnel import AssignmentRow, DesignSeen, FunnelCounts
@@ -15,6 +15,7 @@ MIN_UNITS = 100  # per arm, below which intervals are too wide to act on
 MAX_IN_PROGRESS = 0.05
 MAX_ERRORS = 0.01
 MAX_UNIVERSAL = 0.10
+LLM_BACKEND = "LLM backend"  # the check's name, which the CLI looks up
 
 
 def checks(
@@ -157,17 +158,28 @@ def _in_progress(report: Report) -> HealthCheck:
     return HealthCheck(name, "ok", f"{active:,} of {total:,} calls still in progress.", detail)
 
 
+def backend_failed(report: Report) -> HealthCheck | None:
+    """The LLM backend check when it raised an alarm (more than MAX_ERRORS of the LLM calls
+    errored), else None: the CLI fails on it."""
+    return next((h for h in report.health if h.name == LLM_BACKEND and h.status == "alarm"), None)
+
+
 def _llm_errors(report: Report, counts: FunnelCounts) -> HealthCheck:
-    name = "LLM backend"
+    """Every backend exception becomes a fallback, which is right for the customer but turns a
+    broken LLM into a plausible-looking result ("hybrid wins"): above 1% it is an alarm."""
+    name = LLM_BACKEND
     turns = sum(r.turns for r in report.compliance)
     errors = sum(counts.llm_errors.values())
-    detail = {"errors": errors, "llm_turns": turns}
+    detail = {"errors": errors, "llm_turns": turns, "max_share": MAX_ERRORS}
     if turns and errors / turns > MAX_ERRORS:
+        by_arm = ", ".join(f"{arm} {n:,}" for arm, n in sorted(counts.llm_errors.items()) if n)
         verdict = (
-            f"The LLM backend failed on {errors:,} of {turns:,} LLM turns ({pct(errors / turns)}); "
-            "those turns got a fallback, which drags the LLM-heavy arm down."
+            f"LLM backend errors: {errors:,} of {turns:,} LLM calls failed "
+            f"({pct(errors / turns)}, more than {pct(MAX_ERRORS)}; {by_arm}). Those turns got a "
+            "fallback instead of a draft, so the comparison measures the broken backend, not "
+            "the LLM: fix the backend and rerun."
         )
-        return HealthCheck(name, "warn", verdict, detail)
+        return HealthCheck(name, "alarm", verdict, detail)
     return HealthCheck(name, "ok", f"{errors:,} backend errors in {turns:,} LLM turns.", detail)
 
 

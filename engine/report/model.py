@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.report.stats import Proportion
+from engine.report.stats import TWO_SAMPLE_INTERVAL, TWO_SAMPLE_TEST, Paired, Proportion
 
 SCHEMA = "salesbot-report:v1"
 
@@ -44,16 +44,19 @@ class Comparison:
     label: str
     arm: str
     control: str
-    control_value: Proportion
+    control_value: Proportion  # paired runs: over the customers run in both arms
     value: Proportion
     diff: float | None
-    low: float | None  # Newcombe interval of the difference
+    low: float | None  # Newcombe interval of the difference (paired or two-sample, see Report)
     high: float | None
     p_value: float | None
-    p_adjusted: float | None  # Holm across the secondary family; the primary is not adjusted
+    # Holm across the secondary family, and across the primary comparisons when there is more
+    # than one treatment arm (one primary comparison is not adjusted: None)
+    p_adjusted: float | None
     significant: bool
     primary: bool = False
     mde: float | None = None  # primary only: minimum detectable increase at this sample size
+    paired: Paired | None = None  # paired runs: McNemar's table, test and interval
 
 
 @dataclass
@@ -133,6 +136,11 @@ class Report:
     health: list[HealthCheck]
     summary: list[str]
     schema: str = SCHEMA
+    # Paired runs (a simulation: every customer meets every arm) compare arms customer by
+    # customer; live traffic compares two independent samples. Named in every view.
+    paired: bool = False
+    test: str = TWO_SAMPLE_TEST
+    interval_method: str = TWO_SAMPLE_INTERVAL
 
     @property
     def treatments(self) -> list[str]:

@@ -11,6 +11,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from engine.report import charts
 from engine.report.format import interval, ms, pct, pts, pval
 from engine.report.model import Report
+from engine.report.verdicts import p_text
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -45,6 +46,54 @@ def _untested(report: Report):
     return note
 
 
+def primary_method(report: Report) -> str:
+    """One sentence naming the primary test, its interval and any multiplicity correction."""
+    if report.paired:
+        unit = "paired by customer: every simulated customer met every arm"
+    else:
+        unit = "independent samples (live traffic)"
+    holm = (
+        f"Holm-adjusted across the {len(report.primary)} treatment arms"
+        if len(report.primary) > 1
+        else "one treatment arm, not adjusted"
+    )
+    return (
+        f"Test: {report.test}; interval: {report.interval_method}; {unit}; {holm}. "
+        "Differences are treatment minus control."
+    )
+
+
+def methods(report: Report) -> str:
+    """The Methods paragraph of the HTML and Markdown views, for this report's design."""
+    if report.paired:
+        tests = (
+            "Differences: Newcombe's paired score interval (method 10, Stat Med 1998); tests: "
+            "McNemar's mid-p test over the customers run in both arms (Fagerland, Lydersen and "
+            "Laake 2013), since every simulated customer met every arm."
+        )
+        mde = (
+            "Detectable increase: the two-sample approximation at the number of pairs (80% "
+            "power, Cohen's h); pairing detects smaller differences when a customer's outcomes "
+            "go together across arms."
+        )
+    else:
+        tests = (
+            "Differences: Newcombe hybrid score intervals; tests: two-sided pooled "
+            "two-proportion z-tests (independent samples)."
+        )
+        mde = "Detectable increase: at 80% power (Cohen's h, normal approximation)."
+    holm = (
+        "Holm across the primary comparisons of the treatment arms and across the secondary "
+        "metrics."
+        if len(report.primary) > 1
+        else "Holm across the secondary metrics; the single primary comparison is not adjusted."
+    )
+    return (
+        f"Methods: Wilson intervals per arm. {tests} {holm} SRM chi-square (alarm at "
+        f"p < 0.001). {mde} * = significant after adjustment."
+    )
+
+
 def render_html(report: Report) -> str:
     figures = {
         "funnel": charts.funnel_chart(report) if report.funnel else None,
@@ -66,6 +115,9 @@ def render_html(report: Report) -> str:
             interval=interval,
             untested=_untested(report),
             outcomes=outcomes,
+            p_text=p_text,
+            primary_method=primary_method(report),
+            methods=methods(report),
         )
     )
 
@@ -112,24 +164,25 @@ def render_markdown(report: Report) -> str:
             ],
         )
     )
-    out += ["", f"## Primary metric: {report.primary_label}", ""]
-    out.append(
-        _table(
-            ["Arm", report.control, "Arm", "Difference", f"{level} CI", "p", "Detectable increase"],
-            [
-                [
-                    c.arm,
-                    pct(c.control_value.rate),
-                    pct(c.value.rate),
-                    pts(c.diff, signed=True),
-                    interval(c.low, c.high, points=True),
-                    pval(c.p_value),
-                    pts(c.mde),
-                ]
-                for c in report.primary
-            ],
-        )
-    )
+    out += ["", f"## Primary metric: {report.primary_label}", "", primary_method(report), ""]
+    headers = ["Arm", report.control, "Arm", "Difference", f"{level} CI", "p"]
+    headers += ["Discordant (arm / control)"] if report.paired else []
+    headers += ["Detectable increase", "Verdict"]
+    rows = []
+    for c in report.primary:
+        row = [
+            c.arm,
+            pct(c.control_value.rate),
+            pct(c.value.rate),
+            pts(c.diff, signed=True),
+            interval(c.low, c.high, points=True),
+            p_text(c),
+        ]
+        if report.paired:
+            row.append(f"{c.paired.only_b} / {c.paired.only_a}" if c.paired else "–")
+        row += [pts(c.mde), "significant" if c.significant else "not significant"]
+        rows.append(row)
+    out.append(_table(headers, rows))
     out += ["", "## Funnel (reached stage / assigned)", ""]
     headers = ["Stage"] + [f"{a.name} reached" for a in report.arms]
     headers += [f"{a.name} pass-through" for a in report.arms]
@@ -232,13 +285,7 @@ def render_markdown(report: Report) -> str:
             ],
         )
     )
-    out += [
-        "",
-        "Methods: Wilson intervals per arm, Newcombe intervals for differences, two-sided pooled "
-        "z-tests, Holm across secondary metrics, SRM chi-square (alarm at p < 0.001), MDE at 80% "
-        "power. * = significant after adjustment.",
-        "",
-    ]
+    out += ["", methods(report), ""]
     return "\n".join(out)
 
 

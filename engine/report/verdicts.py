@@ -6,6 +6,27 @@ from engine.report.format import interval, pct, pts, pval
 from engine.report.model import Comparison, Report
 
 
+def p_text(c: Comparison) -> str:
+    """The p-value as every view prints it: the test's name, its p, and Holm's adjusted p when
+    several treatment arms share the primary family."""
+    name = "McNemar mid-p" if c.paired is not None else "z-test"
+    text = f"{name} p = {pval(c.p_value)}"
+    if c.primary and c.p_adjusted is not None:
+        text += f", Holm-adjusted p = {pval(c.p_adjusted)}"
+    return text
+
+
+def paired_counts(c: Comparison) -> str:
+    """How many customers decided a paired test: those who did better in one arm only."""
+    t = c.paired
+    if t is None:
+        return ""
+    return (
+        f"; {t.only_a + t.only_b} of {t.pairs} customers counted in one arm only "
+        f"({t.only_b} in {c.arm}, {t.only_a} in {c.control})"
+    )
+
+
 def primary_sentence(c: Comparison, alpha: float) -> str:
     label = c.label.lower()
     if c.diff is None:
@@ -16,13 +37,20 @@ def primary_sentence(c: Comparison, alpha: float) -> str:
         direction = "higher" if c.diff > 0 else "lower"
         return (
             f"{c.arm}'s {label} is {pts(abs(c.diff))} {direction} than {c.control}'s "
-            f"({rates}; {ci}; p = {pval(c.p_value)}): a statistically significant difference "
-            f"at the {alpha:g} level."
+            f"({rates}; {ci}; {p_text(c)}{paired_counts(c)}): a statistically significant "
+            f"difference at the {alpha:g} level."
         )
     mde = f" This test could detect an increase of about {pts(c.mde)}." if c.mde else ""
+    if c.mde and c.paired is not None:
+        mde = (
+            f" Two independent samples of this size could detect an increase of about "
+            f"{pts(c.mde)}; pairing by customer detects smaller ones when a customer's outcomes "
+            "in the two arms go together."
+        )
     return (
         f"No significant difference in {label} between {c.arm} and {c.control} "
-        f"({rates}; difference {pts(c.diff, signed=True)}, {ci}; p = {pval(c.p_value)}).{mde}"
+        f"({rates}; difference {pts(c.diff, signed=True)}, {ci}; {p_text(c)}"
+        f"{paired_counts(c)}).{mde}"
     )
 
 
