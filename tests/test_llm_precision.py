@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.errors import SalesbotError
-from engine.llm import precision
+from engine.llm.hf import precision
 from engine.llm.hf.backend import TransformersBackend
 from engine.llm.hf.hardware import cpu_has_native_bf16
 from engine.llm.hf.precision import resolve_precision
