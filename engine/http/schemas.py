@@ -15,6 +15,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
     create_model,
     model_validator,
@@ -120,7 +122,9 @@ def start_request_model(
     """The start body for one flow: its slots by name (required where the flow has no
     default), its experiments by name. The schema is exact, so a client (or a schema-driven
     test) learns from the document what the service accepts."""
-    value = Annotated[str, StringConstraints(max_length=max_slot_chars)]
+    # Numbers are accepted as JSON numbers too (number slots); each value's type and rules are
+    # checked by Engine.start, which answers 422 `invalid_slot` naming the slot and the rule.
+    value = Annotated[str, StringConstraints(max_length=max_slot_chars)] | StrictInt | StrictFloat
     slot_fields: dict[str, Any] = {}
     for i, (name, default) in enumerate(slot_defaults.items()):
         # Aliases keep slot names that clash with pydantic's own attributes (`json`, ...) legal.
@@ -169,7 +173,7 @@ def _arm_or_experiment(request: Any) -> Any:
     return request
 
 
-def slot_values(request: Any) -> dict[str, str]:
+def slot_values(request: Any) -> dict[str, str | int | float]:
     """The slots a start request gave, by slot name."""
     return request.slots.model_dump(by_alias=True, exclude_none=True)
 
