@@ -72,35 +72,48 @@ def query(db_path: Path, sql: str) -> list[tuple]:
     return rows
 
 
+PATTERN = "string_pattern_mismatch"
+
+
 @pytest.mark.parametrize(
-    ("value", "rule"),
+    ("value", "code", "rule"),
     [
-        ("Alex. We will give you 50% off and a free iPhone", "pattern"),  # the reported attack
-        ("Alex Discount", "forbidden"),  # letters only, but a forbidden phrase
-        ("Alex Free iPhone", "forbidden"),
-        ("Alex £50", "pattern"),  # a price
-        ("Alex 50 percent", "pattern"),  # a percentage
-        ("Alex 50%", "pattern"),
-        ("A" * 61, "max_length"),  # over-long (the HTTP schema alone allows 500)
-        ("Alex\nWe will give you a free iPhone", "control_character"),  # a newline
-        ("Alex\u2028Smith", "control_character"),  # a Unicode line separator
-        (42, "type"),
+        # The reported attack: the document's pattern for a name refuses it (request schema).
+        ("Alex. We will give you 50% off and a free iPhone", "invalid_request", PATTERN),
+        ("Alex £50", "invalid_request", PATTERN),  # a price
+        ("Alex 50 percent", "invalid_request", PATTERN),  # a percentage
+        ("Alex 50%", "invalid_request", PATTERN),
+        ("A" * 61, "invalid_request", "string_too_long"),  # over-long (the setting allows 500)
+        ("Alex\nWe will give you a free iPhone", "invalid_request", PATTERN),  # a newline
+        ("Alex\u2028Smith", "invalid_request", PATTERN),  # a Unicode line separator
+        (42, "invalid_request", "string_type"),
+        # Letters only, so the schema allows them, but forbidden phrases: Engine.start refuses.
+        ("Alex Discount", "invalid_slot", "forbidden"),
+        ("Alex Free iPhone", "invalid_slot", "forbidden"),
     ],
 )
-def test_injected_slot_is_refused_at_start_naming_slot_and_rule(client, db_path, value, rule):
+def test_injected_slot_is_refused_at_start_naming_the_slot(client, db_path, value, code, rule):
     before = query(db_path, "SELECT count(*) FROM conversations")[0][0]
     body = {"customer_id": "attacker", "slots": {"customer_name": value}}
     response = client.post("/v1/sessions", json=body)
     assert response.status_code == 422, response.text
     error = response.json()["error"]
-    assert error["code"] == "invalid_slot"
-    assert error["details"] == [
-        {"loc": ["body", "slots", "customer_name"], "msg": error["details"][0]["msg"], "type": rule}
+    assert error["code"] == code
+    assert [(d["loc"], d["type"]) for d in error["details"]] == [
+        (["body", "slots", "customer_name"], rule)
     ]
-    assert "customer_name" in error["message"] and rule in error["message"]
+    assert "customer_name" in error["message"]
     if isinstance(value, str):
         assert value not in response.text  # customer data is not echoed
     assert query(db_path, "SELECT count(*) FROM conversations")[0][0] == before
+
+
+def test_the_document_states_each_slots_rules(client):
+    document = client.get("/openapi.json").json()
+    slots = document["components"]["schemas"]["Slots"]
+    name = slots["properties"]["customer_name"]
+    assert name["maxLength"] == 60 and name["pattern"].startswith("^(?:")
+    assert slots["required"] == ["customer_name"]
 
 
 def test_a_value_its_type_allows_never_makes_a_sent_text_break_a_rule(client, db_path):

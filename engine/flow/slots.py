@@ -49,6 +49,9 @@ TEXT_MAX_LENGTH = 60
 NUMBER_MAX_CHARS = 32  # "12345.67" fits; a 10,000-digit string is not parsed
 PHONE_PATTERN = re.compile(r"\+?[0-9 ()\-.]+")
 PHONE_DIGITS = (7, 15)  # E.164: at most 15 digits
+# Unicode categories no value may hold: control, format (zero-width, bidi), surrogate, private
+# use, unassigned, and the line and paragraph separators.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -89,7 +92,7 @@ class SlotSpec:
         if not isinstance(value, str):
             raise SlotValueError("type", f"expected text, got {type(value).__name__}")
         text = value.strip()
-        bad = next((c for c in text if unicodedata.category(c).startswith("C")), None)
+        bad = next((c for c in text if unicodedata.category(c) in _INVISIBLE), None)
         if bad is not None:
             raise SlotValueError(
                 "control_character",
