@@ -44,6 +44,7 @@ def test_default_text_slot_takes_names_in_any_script(name):
         ("Alex\tSmith", "control_character"),
         ("Al\u200bex", "control_character"),  # zero-width space
         ("Alex\u202eevil", "control_character"),  # right-to-left override
+        ("Alex\u2028Smith", "control_character"),  # line separator
         ("A" * (TEXT_MAX_LENGTH + 1), "max_length"),
         ("   ", "empty"),
         ("Alex, call me", "pattern"),
