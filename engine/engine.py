@@ -29,11 +29,12 @@ from typing import Any
 
 from engine.compliance import ComplianceFilter, ComplianceResult, create_embedder
 from engine.compliance.early_stop import streamed_reply
-from engine.errors import ConcurrentTurns, MissingSlot, SessionEnded
+from engine.errors import ConcurrentTurns, SessionEnded
 from engine.experiments import Assignment, Experiment, apply_overrides, resolve_arm
 from engine.experiments import load_experiments as _load_experiments
 from engine.flow.loader import load_flow
 from engine.flow.model import Flow
+from engine.flow.slots import resolve_slots
 from engine.llm import BackendError, LLMBackend, create_backend
 from engine.llm.prompt import build_messages
 from engine.policy import Arm, Decision, ReplyPlan, decide, entry
@@ -150,11 +151,7 @@ class Engine:
         )
         experiment = experiment or record.get("experiment")
         arm_flow = self._arm_flow(record)
-        known = {**self.flow.slot_defaults, **dict(slots or {})}
-        missing = [k for k, v in known.items() if v is None and k in self.flow.slot_defaults]
-        if missing:
-            raise MissingSlot(missing)
-        resolved = {k: storable(str(v)) for k, v in known.items() if v is not None}
+        resolved = resolve_slots(self.flow, slots)  # typed, hard rules: MissingSlot/InvalidSlot
         started = self.clock()
         snapshot = Snapshot(
             id=session_id,
@@ -303,6 +300,13 @@ class Engine:
             script_id = decision.reply.script_id
             assert script_id is not None
             reply_text, source = self.flow.render(script_id, dict(snapshot.slots)), "script"
+            policy = (arm_flow or self.flow).stages[decision.reply.stage].compliance
+            result = self.compliance.screen_script(
+                reply_text, decision.reply.stage, policy, snapshot.id, snapshot.slots
+            )  # None unless the slot values filled in make the script break a hard rule
+            if result is not None:
+                raw = reply_text
+                reply_text, script_id, source = result.text, result.script_id, result.source
         else:
             raw, result, error = self._llm_reply(
                 snapshot, decision.reply, text, latencies, arm_flow or self.flow

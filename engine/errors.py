@@ -51,6 +51,17 @@ class MissingSlot(SalesbotError):
         super().__init__(f"start() needs a value for slot(s): {', '.join(sorted(names))}")
 
 
+class InvalidSlot(SalesbotError):
+    """A slot value given at start() breaks a rule of its slot's type (or the flow's hard
+    rules). Names the slot and the rule, never the value: it is customer data."""
+
+    def __init__(self, name: str, rule: str, message: str):
+        self.name = name
+        self.rule = rule
+        self.detail = message
+        super().__init__(f"slot {name!r} breaks rule {rule}: {message}")
+
+
 class ConcurrentTurns(SalesbotError):
     def __init__(self, session_id: str):
         super().__init__(

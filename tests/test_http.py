@@ -26,7 +26,7 @@ from tests.http_server import MINI, Server, StubLLM, start_server
 FULL = "full-access-key-0001"
 TURNS_ONLY = "turns-only-key-00002"
 TINY = "tiny-budget-key-00003"
-SECRET_NAME = "Zanzibar-Quokka-7731"  # a slot value that must never reach the logs
+SECRET_NAME = "Zanzibar-Quokka-Tuvalu"  # a slot value that must never reach the logs
 KEYS = [
     {"name": "full", "key": FULL, "scopes": ["turns", "reports"], "rate": 10_000, "burst": 10_000},
     {"name": "turns-only", "key": TURNS_ONLY, "scopes": ["turns"]},

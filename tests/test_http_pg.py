@@ -19,7 +19,7 @@ from tests.conftest import PG_ADMIN_URL
 from tests.http_server import SCRIPTED, Server, start_server
 
 KEY = "pg-service-key-000001"
-SECRET_NAME = "Okavango-Pangolin-4412"
+SECRET_NAME = "Okavango-Pangolin-Malawi"
 ASKS = ["how much is it", "how fast is it", "how long is the contract", "are you a robot"]
 
 

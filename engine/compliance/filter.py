@@ -39,6 +39,9 @@ from engine.flow.model import CompliancePolicy, Flow
 TOP_K = 3
 VARIANT_SCHEME = "fallback:v1:"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
+# Why a turn fell back when the script it was to send, rendered with the session's slot values,
+# broke a hard rule (the draft, if any, was fine).
+RENDERED_RULE = "rendered_rule"
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class ComplianceResult:
     match_ms: float
     rule_hits: tuple[RuleHit, ...] = ()
     margin: float | None = None
-    reason: str = "ok"  # ok | empty | rule | below_threshold | ambiguous
+    reason: str = "ok"  # ok | empty | rule | below_threshold | ambiguous | rendered_rule
 
     @property
     def source(self) -> str:
@@ -101,6 +104,11 @@ class ComplianceResult:
             "margin": self.margin,
             "reason": self.reason,
         }
+
+
+class _Blank(dict):
+    def __missing__(self, key: str) -> str:
+        return ""
 
 
 def pick_variant(pool: tuple[tuple[str, float], ...], session_key: str, stage: str) -> str:
@@ -249,20 +257,21 @@ class ComplianceFilter:
     ) -> ComplianceResult:
         """Turn a match into what the customer hears."""
         reason = match.verdict(policy.threshold, policy.margin)
-        variant = None
+        variant, hits = None, match.rule_hits
         if reason == "ok":
             script_id = match.top_k[0][0]
             if policy.mode == "pass":
                 decision, text = "pass", match.text.strip()
             else:
                 decision, text = "approved", self.flow.render(script_id, dict(slots))
-        elif policy.fallback:
-            variant = pick_variant(policy.fallback, session_key, stage)
-            decision, script_id = "fallback", variant
-            text = self.flow.render(script_id, dict(slots))
-        else:
-            decision, script_id = "universal", policy.universal_fallback
-            text = self.flow.render(script_id, dict(slots))
+                broken = self.rendered_hits(text, policy)
+                if broken:  # the approved script, filled with this session's slots, breaks one
+                    reason, hits = RENDERED_RULE, (*hits, *broken)
+        if reason != "ok":
+            decision, script_id, variant, text, broken = self._fallback(
+                stage, policy, session_key, slots
+            )
+            hits = (*hits, *broken)
         return ComplianceResult(
             decision=decision,
             script_id=script_id,
@@ -273,7 +282,7 @@ class ComplianceFilter:
             variant=variant,
             embed_ms=match.embed_ms,
             match_ms=match.match_ms,
-            rule_hits=match.rule_hits,
+            rule_hits=hits,
             margin=match.margin,
             reason=reason,
         )
@@ -287,6 +296,83 @@ class ComplianceFilter:
         slots: Mapping[str, str],
     ) -> ComplianceResult:
         return self.decide(self.match(raw_text, policy, slots), stage, policy, session_key, slots)
+
+    def rendered_hits(self, text: str, policy: CompliancePolicy | None) -> list[RuleHit]:
+        """The hard rules a reply about to be sent breaks: a script's text is approved, but the
+        slot values filled into it are not, so the rendered text is checked again (the stage's
+        rules; the flow's where the stage has no policy, as end stages)."""
+        if policy is None:
+            phrases, patterns = self.flow.forbidden_phrases, self.flow.forbidden_patterns
+        else:
+            phrases, patterns = policy.forbidden_phrases, policy.forbidden_patterns
+        return forbidden_hits(text, phrases, patterns)
+
+    def screen_script(
+        self,
+        text: str,
+        stage: str,
+        policy: CompliancePolicy | None,
+        session_key: str,
+        slots: Mapping[str, str],
+    ) -> ComplianceResult | None:
+        """None when ``text`` (a script rendered with the session's slots) breaks no hard rule;
+        otherwise the decision to send instead: the stage's fallback or the universal one."""
+        broken = self.rendered_hits(text, policy)
+        if not broken:
+            return None
+        policy = policy or self._flow_policy()
+        decision, script_id, variant, sent, more = self._fallback(stage, policy, session_key, slots)
+        return ComplianceResult(
+            decision=decision,
+            script_id=script_id,
+            text=sent,
+            score=None,
+            threshold=policy.threshold,
+            top_k=(),
+            variant=variant,
+            embed_ms=0.0,
+            match_ms=0.0,
+            rule_hits=(*broken, *more),
+            reason=RENDERED_RULE,
+        )
+
+    def _flow_policy(self) -> CompliancePolicy:
+        """The flow-level rules and universal fallback, for stages without a policy (end)."""
+        universal = self.flow.universal_fallback or next(
+            s.compliance.universal_fallback for s in self.flow.stages.values() if s.compliance
+        )
+        return CompliancePolicy(
+            threshold=1.0,
+            mode="strict",
+            fallback=(),
+            universal_fallback=universal,
+            candidates=(),
+            forbidden_phrases=self.flow.forbidden_phrases,
+            forbidden_patterns=self.flow.forbidden_patterns,
+        )
+
+    def _fallback(
+        self, stage: str, policy: CompliancePolicy, session_key: str, slots: Mapping[str, str]
+    ) -> tuple[str, str, str | None, str, tuple[RuleHit, ...]]:
+        """(decision, script id, variant, text, hits): the stage's fallback drawn for the
+        session, else the universal one, rendered. A fallback that breaks a hard rule once
+        filled with these slots is skipped (its hits are returned); should every one break, the
+        universal fallback is sent with its placeholders left empty."""
+        options: list[tuple[str, str, str | None]] = []
+        if policy.fallback:
+            chosen = pick_variant(policy.fallback, session_key, stage)
+            options.append(("fallback", chosen, chosen))
+            options += [("fallback", s, s) for s, _ in policy.fallback if s != chosen]
+        options.append(("universal", policy.universal_fallback, None))
+        skipped: list[RuleHit] = []
+        for decision, script_id, variant in options:
+            text = self.flow.render(script_id, dict(slots))
+            broken = self.rendered_hits(text, policy)
+            if not broken:
+                return decision, script_id, variant, text, tuple(skipped)
+            skipped += broken
+        bare = self.flow.scripts[policy.universal_fallback].text.format_map(_Blank())
+        return "universal", policy.universal_fallback, None, bare, tuple(skipped)
 
     def fallback(
         self, stage: str, policy: CompliancePolicy, session_key: str, slots: Mapping[str, str]

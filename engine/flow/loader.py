@@ -30,6 +30,7 @@ from engine.flow.model import (
     placeholders,
     template_problem,
 )
+from engine.flow.slots import compile_slot
 from engine.flow.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
 
 HASH_SCHEME = "flow:v1:"
@@ -383,6 +384,7 @@ def _compile(
             generation=generation.get(name),
             compliance=policy,
         )
+    slots = {name: compile_slot(name, decl) for name, decl in flow.slots.items()}
     script_map = {
         s.id: Script(
             id=s.id, stages=tuple(s.stages), act=s.act, text=s.text, wordings=tuple(s.wordings)
@@ -398,7 +400,8 @@ def _compile(
         folder=folder,
         start=flow.start,
         on_hangup=flow.on_hangup,
-        slot_defaults=MappingProxyType(dict(flow.slots)),
+        slot_defaults=MappingProxyType({k: v.default for k, v in slots.items()}),
+        slots=MappingProxyType(slots),
         classifier_threshold=flow.classifier.threshold,
         classifier_margin=flow.classifier.margin,
         classifier_model=flow.classifier.model,
@@ -415,6 +418,8 @@ def _compile(
         intents=MappingProxyType({k: tuple(v) for k, v in intents.intents.items()}),
         library_hash=content_hash(raw["scripts.yaml"], scheme="scripts:v1:"),
         early_stop=flow.compliance.early_stop,
+        universal_fallback=flow.compliance.universal_fallback,
+        **_forbidden_fields(flow.compliance.forbidden, None),
     )
 
 

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from engine.flow.generation import GenerationParams
+from engine.flow.slots import SlotSpec
 
 StageKind = Literal["scripted", "llm", "end"]
 
@@ -102,6 +103,12 @@ class Flow:
     classifier_model: str = "tfidf"  # "tfidf" | "tfidf+minilm"
     classifier_calibrate: bool = True  # temperature scaling on held-out predictions
     classifier_max_accuracy_drop: float = 0.01  # "auto" rules may cost this much accuracy
+    slots: MappingProxyType[str, SlotSpec] = field(default_factory=lambda: MappingProxyType({}))
+    # Flow-level hard rules and fallback: slot values are checked against them at start, and
+    # so is every rendered reply of a stage without a compliance policy (end stages).
+    forbidden_phrases: tuple[str, ...] = ()
+    forbidden_patterns: tuple[str, ...] = ()
+    universal_fallback: str | None = None
 
     def transition_for(self, stage: Stage, intent: str) -> Transition | None:
         """The stage's own transition for ``intent``, else the flow's global one."""

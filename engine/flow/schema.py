@@ -6,9 +6,19 @@ than one file (does that script id exist? is that stage reachable?) live in ``fl
 
 from __future__ import annotations
 
+import re
+from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from engine.flow.generation import GenerationOverrides
 
@@ -132,6 +142,97 @@ class LLMConfig(_Strict):
     )
 
 
+def _slot_short_form(value: Any) -> Any:
+    """``name: null`` is a required free-text slot, ``name: Sam`` one with a default."""
+    if value is None:
+        return {}
+    return {"default": value} if isinstance(value, str) else value
+
+
+_TYPE_FIELDS = {
+    "max_length": "text",
+    "pattern": "text",
+    "values": "enum",
+    "min": "number",
+    "max": "number",
+    "integer": "number",
+    "earliest": "date",
+    "latest": "date",
+}
+
+
+class Slot(_Strict):
+    """A slot and its type; values given at start() are checked against it."""
+
+    type: Literal["text", "enum", "number", "date", "phone"] = Field(
+        "text",
+        description="text: free text (max_length, pattern); enum: one of `values`; number "
+        "(min, max, integer); date: ISO 8601 YYYY-MM-DD (earliest, latest); phone: 7 to 15 "
+        "digits with + ( ) - . and spaces.",
+    )
+    required: bool | None = Field(
+        None, description="Must be given at start(); default: true unless a default is set."
+    )
+    description: str = ""
+    max_length: int | None = Field(
+        None, ge=1, le=500, description="text only: at most this many characters (default 60)."
+    )
+    pattern: str | None = Field(
+        None,
+        min_length=1,
+        description="text only: a Python regular expression the whole value must match "
+        "(default: a name, letters of any script joined by single spaces, ' - .).",
+    )
+    values: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="enum only: the allowed values."
+    )
+    min: float | None = Field(None, description="number only: the smallest value allowed.")
+    max: float | None = Field(None, description="number only: the largest value allowed.")
+    integer: bool | None = Field(None, description="number only: whole numbers only.")
+    earliest: date | None = Field(None, description="date only: the earliest date allowed.")
+    latest: date | None = Field(None, description="date only: the latest date allowed.")
+    default: str | int | float | date | None = Field(
+        None, description="Used when start() gives no value; it must pass the slot's rules."
+    )
+
+    @field_validator(*_TYPE_FIELDS)
+    @classmethod
+    def _applies_to_type(cls, value: Any, info: ValidationInfo) -> Any:
+        wanted, declared = _TYPE_FIELDS[info.field_name or ""], info.data.get("type")
+        if value is not None and declared is not None and declared != wanted:
+            raise ValueError(f"`{info.field_name}` applies to {wanted} slots, not {declared}")
+        return value
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str | None) -> str | None:
+        try:
+            re.compile(value or "")
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Slot:
+        from engine.flow.slots import default_problem
+
+        if self.type == "enum" and not self.values:
+            raise ValueError("enum slots need `values`")
+        if self.required and self.default is not None:
+            raise ValueError("a required slot takes no default")
+        if self.required is False and self.default is None:
+            raise ValueError("an optional slot needs a default (scripts render it)")
+        problem = default_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+SlotDeclaration = Annotated[
+    Slot, BeforeValidator(_slot_short_form, json_schema_input_type=str | None | Slot)
+]
+
+
 class FlowFile(_Strict):
     """flow.yaml"""
 
@@ -141,7 +242,10 @@ class FlowFile(_Strict):
     description: str = ""
     start: Name
     on_hangup: Name | None = None
-    slots: dict[Name, str | None] = Field(default_factory=dict)
+    slots: dict[Name, SlotDeclaration] = Field(
+        default_factory=dict,
+        description="Slot name -> type; `null` = required free text, a string = its default.",
+    )
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     compliance: ComplianceConfig
     llm: LLMConfig = Field(default_factory=LLMConfig)

@@ -179,7 +179,7 @@ def create_app(
     metrics = Metrics()
     state = ServiceState()
     StartRequest = start_request_model(
-        engine.flow.slot_defaults,
+        engine.flow.slots,
         sorted(getattr(engine, "experiments", None) or ()),
         settings.max_slot_chars,
     )

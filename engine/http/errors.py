@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.errors import (
     ConcurrentTurns,
+    InvalidSlot,
     MissingSlot,
     SalesbotError,
     SessionEnded,
@@ -155,6 +156,12 @@ def install(app: FastAPI, metrics: Metrics, retry_after_s: int) -> None:
     @app.exception_handler(MissingSlot)
     async def _missing(_request: Request, exc: MissingSlot) -> JSONResponse:
         return respond(422, "missing_slot", str(exc))
+
+    @app.exception_handler(InvalidSlot)
+    async def _invalid_slot(_request: Request, exc: InvalidSlot) -> JSONResponse:
+        # Names the slot and the rule; the value is customer data and is not echoed.
+        detail = {"loc": ["body", "slots", exc.name], "msg": exc.detail, "type": exc.rule}
+        return respond(422, "invalid_slot", str(exc), details=[detail])
 
     @app.exception_handler(SalesbotError)
     async def _domain(_request: Request, exc: SalesbotError) -> JSONResponse:

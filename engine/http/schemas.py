@@ -7,7 +7,7 @@ states the very limits the service enforces.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -15,15 +15,20 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
     create_model,
     model_validator,
 )
 
+from engine.flow.slots import SlotSpec
 from engine.reply import Reply
 
 SESSION_ID = r"^[A-Za-z0-9_-]{1,64}$"
 NAME = r"^[A-Za-z0-9_.-]{1,100}$"
+PHONE = r"^\+?[0-9 ()\-.]+$"
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -114,30 +119,50 @@ class Health(BaseModel):
     checks: dict[str, str] = {}
 
 
+def slot_value_type(spec: SlotSpec, max_slot_chars: int) -> Any:
+    """The JSON type of one slot's value, as exact as JSON Schema allows: a text slot's length
+    and pattern (matched with Python's ``re``, as Engine.start does), an enum's values, a
+    number, an ISO date. What the schema cannot say (the flow's hard rules, a phone number's
+    digit count, a real calendar date) Engine.start checks: 422 ``invalid_slot``."""
+    if spec.type == "text":
+        constraints = StringConstraints(
+            max_length=min(spec.max_length, max_slot_chars), pattern=rf"^(?:{spec.pattern})$"
+        )
+        return Annotated[str, constraints]
+    if spec.type == "enum":
+        return Literal[spec.values]  # type: ignore[valid-type]
+    if spec.type == "number":
+        bounds = Field(ge=spec.minimum, le=spec.maximum)
+        return Annotated[StrictInt if spec.integer else StrictInt | StrictFloat, bounds]
+    if spec.type == "date":
+        return Annotated[date, Strict(), Field(ge=spec.earliest, le=spec.latest)]
+    return Annotated[str, StringConstraints(max_length=min(32, max_slot_chars), pattern=PHONE)]
+
+
 def start_request_model(
-    slot_defaults: Mapping[str, str | None], experiments: Sequence[str], max_slot_chars: int
+    slots: Mapping[str, SlotSpec], experiments: Sequence[str], max_slot_chars: int
 ) -> type[BaseModel]:
     """The start body for one flow: its slots by name (required where the flow has no
     default), its experiments by name. The schema is exact, so a client (or a schema-driven
     test) learns from the document what the service accepts."""
-    value = Annotated[str, StringConstraints(max_length=max_slot_chars)]
     slot_fields: dict[str, Any] = {}
-    for i, (name, default) in enumerate(slot_defaults.items()):
+    for i, (name, spec) in enumerate(slots.items()):
+        value = slot_value_type(spec, max_slot_chars)
         # Aliases keep slot names that clash with pydantic's own attributes (`json`, ...) legal.
-        if default is None:
+        if spec.required:
             slot_fields[f"slot_{i}"] = (value, Field(alias=name, description="Required."))
         else:
             slot_fields[f"slot_{i}"] = (
-                value,
-                Field(None, alias=name, description=f"Default: {default!r}."),
+                value | None,
+                Field(None, alias=name, description=f"Default: {spec.default!r}."),
             )
     slots_model = create_model(
         "Slots",
-        __config__=ConfigDict(extra="forbid"),
+        __config__=ConfigDict(extra="forbid", regex_engine="python-re"),
         __doc__="The flow's slot values. Never logged; not returned by the API.",
         **slot_fields,
     )
-    required = any(default is None for default in slot_defaults.values())
+    required = any(spec.required for spec in slots.values())
     fields: dict[str, Any] = {
         "customer_id": (str, Field(min_length=1, max_length=200)),
         "slots": (slots_model, Field(...) if required else Field(default_factory=slots_model)),
@@ -169,7 +194,7 @@ def _arm_or_experiment(request: Any) -> Any:
     return request
 
 
-def slot_values(request: Any) -> dict[str, str]:
+def slot_values(request: Any) -> dict[str, Any]:
     """The slots a start request gave, by slot name."""
     return request.slots.model_dump(by_alias=True, exclude_none=True)
 
