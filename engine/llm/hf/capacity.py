@@ -217,7 +217,7 @@ def status(field):
 
 dtype = sys.argv[1]
 context, sessions, threads = (int(a) for a in sys.argv[2:5])
-from engine.llm import models
+from engine.llm.hf import models
 from engine.llm.hf.precision import resolve_precision
 path = models.model_dir(models.default_model_path())  # converted once, before measuring
 tokenizer = models.load_tokenizer(path)
