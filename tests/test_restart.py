@@ -85,7 +85,7 @@ def test_sigkill_inside_the_turn_transaction_stores_nothing_and_the_turn_is_redo
     conversation = engine.store.get(session)
     assert (conversation.stage, conversation.turn_count, conversation.status) == (
         "greeting",
-        1,
+        0,  # the opening is not a customer turn
         "active",
     )
     # The same turn, redone by a new process, is written whole.
