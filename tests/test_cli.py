@@ -310,3 +310,34 @@ def test_chat_with_broken_flow_exits_2_before_loading_models(tmp_path):
 
     assert result.exit_code == 2, result.output
     assert f"{folder / 'flow.yaml'}:{line}: start: unknown stage 'welcome'" in result.output
+
+
+# -- demo: the caller's lines come from the flow ---------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("flow_dir", [BROADBAND, INSURANCE], ids=["broadband_en", "insurance_zh"])
+def test_demo_speaks_the_flows_language_and_reaches_its_llm_stage(flow_dir, tmp_path):
+    """The example flows' demos (their demo.yaml) reach the pitch stage; the stored transcript
+    says so, and the insurance demo's caller speaks Chinese."""
+    from sqlalchemy import select
+
+    from engine.simulation.demo_lines import load_demo
+    from storage import Store
+    from storage.models import Conversation
+
+    db = f"sqlite:///{tmp_path / 'demo.db'}"
+    result = invoke("demo", str(flow_dir), "--db", db, "--backend", "script-sampler")
+    assert result.exit_code == 0, result.output
+    store = Store(db)
+    with store.engine.connect() as conn:
+        [session] = conn.execute(select(Conversation.id)).scalars().all()
+    script = load_demo(load_flow(flow_dir))
+    turns = store.turns(session)
+    stages = [t.stage for t in turns]
+    assert "pitch" in stages, stages
+    said = [t.user_text for t in turns[1:]]
+    assert said == list(script.lines[: len(said)])
+    assert turns[0].reply_text and script.slots["customer_name"] in turns[0].reply_text
+    if flow_dir == INSURANCE:
+        assert all(re.search(r"[\u4e00-\u9fff]", line) for line in script.lines)

@@ -115,13 +115,20 @@ def test_unwritable_cache_only_costs_a_rebuild(tmp_path):
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache folder should be")
     flt = build(flow, HashingEmbedder(), blocker)
-    assert flt.check(
-        "Sorry, am I speaking with Alex?",
-        "pitch",
-        flow.stages["pitch"].compliance,
-        "s",
-        {"customer_name": "Alex", "agent_name": "Sam"},
-    ).top_k
+    draft = "Would a faster plan for eight pounds more help you?"
+    policy = flow.stages["pitch"].compliance
+    result = flt.check(draft, "pitch", policy, "s", {"customer_name": "Alex", "agent_name": "Sam"})
+    assert not flt.index.from_cache and not blocker.is_dir()
+    # The rebuilt index ranks exactly as brute force over the pitch candidates does.
+    embedder = HashingEmbedder()
+    query = embedder.embed_batch([draft])[0]
+    scores = {
+        c: float(embedder.embed_batch([flow.scripts[c].text])[0] @ query) for c in policy.candidates
+    }
+    expected = sorted(scores.items(), key=lambda kv: -kv[1])[:3]
+    assert [i for i, _ in result.top_k] == [i for i, _ in expected]
+    assert [v for _, v in result.top_k] == pytest.approx([v for _, v in expected], abs=1e-6)
+    assert [i for i, _ in result.top_k][:1] == ["pitch.speed"]
 
 
 def test_top_k_is_exact_and_takes_the_best_wording_per_script():

@@ -150,6 +150,21 @@ def test_a_new_engine_continues_the_session(db_url):
     assert reply.script_id == "pitch.ask"
 
 
+SLOTS = {"customer_name": "Alex", "agent_name": "Sam"}
+
+
+def strict_replies(flow, stage_name: str, slots: dict[str, str]) -> set[str]:
+    """Every text strict mode may send in ``stage_name``, rendered: for an llm stage its approved
+    candidates, its fallback wordings and the universal fallback; for a scripted or end stage
+    the scripts listed for it (the stage's own and the flow-wide ``*`` ones)."""
+    policy = flow.stages[stage_name].compliance
+    if policy is not None:
+        ids = {*policy.candidates, *(s for s, _ in policy.fallback), policy.universal_fallback}
+    else:
+        ids = {s.id for s in flow.scripts_for_stage(stage_name)}
+    return {flow.render(i, slots) for i in ids}
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -164,9 +179,10 @@ def test_a_new_engine_continues_the_session(db_url):
 )
 def test_any_text_gets_a_reply_and_is_stored(db_url, text):
     engine = make_engine(db_url, FakeBackend(default="faster plan"))
-    session = engine.start("cust-7", {"customer_name": "Alex"}).session_id
+    session = engine.start("cust-7", {"customer_name": "Alex"}).session_id  # = SLOTS
     reply = engine.turn(session, text)
-    assert reply.text
+    assert reply.text in strict_replies(engine.flow, reply.stage, SLOTS)
+    assert reply.text == engine.flow.render(reply.script_id, SLOTS)
     stored = engine.transcript(session)[-1]
     assert stored.reply_text == reply.text
     assert len(stored.user_text) == len(text)  # kept whole; only unstorable characters replaced

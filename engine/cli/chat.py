@@ -23,16 +23,27 @@ def _build_engine(flow_dir: str, db: str, backend: str | None = None):
     from engine.engine import Engine
     from storage.repository import describe_db_error
 
-    _load_flow_or_exit(flow_dir)  # configuration errors exit 2 before any model loads
+    flow = _load_flow_or_exit(flow_dir)  # configuration errors exit 2 before any model loads
     with console.status("Loading flow, classifier, embedder and LLM..."):
         try:
-            engine = Engine.from_flow_dir(flow_dir, db, backend_name=backend)
+            engine = Engine.from_flow_dir(flow_dir, db, **_backend_choice(flow, backend))
         except SalesbotError as exc:
             raise ConfigError(str(exc)) from None
         except (SQLAlchemyError, ModuleNotFoundError) as exc:  # unreachable, bad URL, no driver
             raise ConfigError(f"--db: cannot open the database: {describe_db_error(exc)}") from None
         engine.backend.load()  # type: ignore[attr-defined]
     return engine
+
+
+def _backend_choice(flow, backend: str | None) -> dict:
+    """``from_flow_dir`` arguments for ``--backend``: the stand-in ``script-sampler`` (no model,
+    drafts from the flow's own scripts) needs the flow, so it is built here."""
+    if backend != "script-sampler":
+        return {"backend_name": backend}
+    from engine.llm import create_backend
+    from engine.simulation import standin  # noqa: F401  (registers script-sampler)
+
+    return {"backend": create_backend(backend, flow=flow)}
 
 
 def _reply_line(reply) -> None:
@@ -86,26 +97,26 @@ def chat(
         raise ConfigError(str(exc)) from None
 
 
-DEMO_CALLER = [
-    "yes speaking",
-    "sure, it's 12 Oak Street",
-    "we stream a lot of films and I work from home",
-    "hmm that sounds quite expensive to be honest",
-    "ok go on then, sign me up",
-    "yes that's fine, go ahead",
-]
-
-
 @click.command()
 @click.argument("flow_dir", type=click.Path(), default="flows/broadband_en")
 @click.option("--db", default="sqlite:///salesbot.db", show_default=True, help=DB_HELP)
-@click.option("--backend", default=None, help=BACKEND_HELP)
+@click.option("--backend", default=None, help=BACKEND_HELP + " script-sampler: no model.")
 def demo(flow_dir: str, db: str, backend: str | None) -> None:
-    """Run one scripted call end to end through the real engine and print the transcript."""
+    """Run one scripted call end to end through the real engine and print the transcript.
+
+    The caller's lines come from the flow (its demo.yaml, else its utterance bank), so a flow in
+    any language is answered in that language.
+    """
+    from engine.simulation.demo_lines import load_demo
+
+    try:
+        script = load_demo(_load_flow_or_exit(flow_dir))
+    except SalesbotError as exc:
+        raise ConfigError(str(exc)) from None
     engine = _build_engine(flow_dir, db, backend)
-    reply = engine.start("demo-customer", {"customer_name": "Alex"})
+    reply = engine.start("demo-customer", script.slots)
     _reply_line(reply)
-    for text in DEMO_CALLER:
+    for text in script.lines:
         if reply.ended:
             break
         console.print(f"[bold green]caller:[/bold green] {text}")

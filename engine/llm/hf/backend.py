@@ -24,6 +24,7 @@ from pathlib import Path
 
 from engine.flow.generation import GenerationParams
 from engine.llm.base import BackendError, BatchItem, ChatMessage, DeadlineExceeded, Generation
+from engine.llm.hf.allocator import pin_mmap_threshold
 from engine.llm.hf.kv_cache import SessionKVCache
 from engine.llm.hf.models import default_model_path, load_model_and_tokenizer
 from engine.llm.hf.precision import prepare_model, resolve_precision
@@ -67,6 +68,7 @@ class TransformersBackend:
     def load(self) -> None:
         if self._model is not None:
             return
+        pin_mmap_threshold()  # resident memory = what torch holds (see allocator.py)
         precision = resolve_precision(self.dtype, self.device)
         path = self.model_path or default_model_path()
         model, tokenizer = load_model_and_tokenizer(path, precision.load_dtype)
@@ -76,6 +78,7 @@ class TransformersBackend:
         """Serve an already built model (tests build tiny ones; the CLI loads from disk)."""
         import torch
 
+        pin_mmap_threshold()
         if self.threads:
             torch.set_num_threads(self.threads)
         precision = resolve_precision(self.dtype, self.device)

@@ -20,9 +20,14 @@ allocates for a Llama-style decoder (the default SmolLM2 and most small chat mod
   position only.
 
 Not counted: the Python interpreter, torch and transformers themselves and the tokenizer (a
-constant few hundred MB, measured separately as the baseline); allocator slack is what the
-measured check bounds. ``tests/test_capacity.py`` compares the estimate with the peak resident
-memory measured in a fresh process serving SmolLM2 (see :func:`measure_peak`).
+constant few hundred MB, measured separately as the baseline). Allocator slack is kept out by the
+backend rather than estimated: it pins glibc's mmap threshold (:mod:`engine.llm.hf.allocator`),
+without which glibc's heap kept ~10 MB of freed transients per cached session (the measured peak
+was 818 MiB on a 2-core AVX2 EPYC and 944 MB on another machine against 731 MiB estimated; 729 MiB
+measured once pinned). ``tests/test_capacity.py`` compares the estimate with the peak resident
+memory measured in a fresh process serving SmolLM2 (see :func:`measure_peak`). The weights are
+counted whether they are resident as anonymous memory or as the mmapped safetensors file's pages
+(fp32 from the converted folder is served straight from the file's pages).
 """
 
 from __future__ import annotations
