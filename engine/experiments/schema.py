@@ -33,10 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from engine.errors import FlowProblem, FlowValidationError
 from engine.experiments.experiment import ArmConfig, Experiment
 from engine.experiments.overrides import OverrideError, Overrides, apply_overrides
-from engine.flow.loader import content_hash
 from engine.flow.model import Flow
 from engine.flow.schema import Name, ScriptId
 from engine.flow.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
+from engine.hashing import content_hash
 
 FILE_NAME = "experiments.yaml"
 DEFINITION_SCHEME = "experiment:v1:"
@@ -249,7 +249,7 @@ def _compile(name: str, spec: ExperimentSpec, flow: Flow | None, raw: Any) -> Ex
         hangup_outcomes=hangup,
         funnel=funnel,
         arms=tuple(arms),
-        definition=content_hash(raw, scheme=DEFINITION_SCHEME),
+        definition=content_hash(raw, DEFINITION_SCHEME),
     )
 
 

@@ -7,8 +7,6 @@ model, then the cross-file rules (references, reachability, weights, placeholder
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections import deque
 from pathlib import Path
@@ -31,14 +29,9 @@ from engine.flow.model import (
     template_problem,
 )
 from engine.flow.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
+from engine.hashing import content_hash
 
 HASH_SCHEME = "flow:v1:"
-
-
-def content_hash(data: Any, scheme: str = HASH_SCHEME) -> str:
-    """Tagged sha256 of the canonical JSON form (sorted keys, compact, UTF-8) of ``data``."""
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return scheme + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 class _Problems:
@@ -391,7 +384,7 @@ def _compile(
     }
     return Flow(
         name=flow.flow,
-        version=content_hash(raw),
+        version=content_hash(raw, HASH_SCHEME),
         label=flow.version,
         language=flow.language,
         description=flow.description,
@@ -413,7 +406,7 @@ def _compile(
         stages=MappingProxyType(stages),
         scripts=MappingProxyType(script_map),
         intents=MappingProxyType({k: tuple(v) for k, v in intents.intents.items()}),
-        library_hash=content_hash(raw["scripts.yaml"], scheme="scripts:v1:"),
+        library_hash=content_hash(raw["scripts.yaml"], "scripts:v1:"),
         early_stop=flow.compliance.early_stop,
     )
 

@@ -23,9 +23,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.errors import FlowProblem, FlowValidationError
-from engine.flow.loader import content_hash
 from engine.flow.model import Flow
 from engine.flow.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
+from engine.hashing import content_hash
 from engine.simulation.utterances import Name, UtteranceBank, UtterancesFile
 
 PERSONAS_FILE = "personas.yaml"

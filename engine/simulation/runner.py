@@ -21,8 +21,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +33,7 @@ from sqlalchemy import select
 
 from engine.engine import Engine
 from engine.experiments import Experiment
+from engine.hashing import canonical_json, sha256_hex
 from engine.simulation.batching import RoundBatcher
 from engine.simulation.customer import SimulatedCustomer
 from engine.simulation.design import Arm, SimulationError
@@ -46,8 +45,8 @@ SESSION_SCHEME = "simsession:v1:"
 
 
 def _digest(scheme: str, data: Any) -> str:
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256((scheme + canonical).encode("utf-8")).hexdigest()
+    """sha256 of the scheme followed by the canonical JSON (the tag is hashed, not prefixed)."""
+    return sha256_hex(scheme + canonical_json(data))
 
 
 def customer_id(seed: int, index: int) -> str:
