@@ -304,6 +304,18 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def ping(self) -> None:
+        """``SELECT 1`` on a raw DBAPI connection: no ORM transaction, so SQLite's
+        ``BEGIN IMMEDIATE`` is not taken (a health check must not wait for the write lock)."""
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
+            cursor.close()
+        finally:
+            connection.close()
+
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         with self._sessions.begin() as db:
