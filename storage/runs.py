@@ -96,15 +96,5 @@ def run_conversations(store: Store, run_id: str) -> list[RunConversation]:
             .where(Conversation.run_id == run_id)
         ):
             reached[conversation_id].add(stage)
-    return [
-        RunConversation(
-            id=sid,
-            customer_id=customer,
-            arm=arm,
-            assignment=assignment,
-            outcome=outcome,
-            turn_count=turns,
-            stages=frozenset(reached.get(sid, ())),
-        )
-        for sid, customer, arm, assignment, outcome, turns in rows
-    ]
+    # the selected columns are RunConversation's fields in order; the stages come last
+    return [RunConversation(*row, stages=frozenset(reached.get(row.id, ()))) for row in rows]

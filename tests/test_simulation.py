@@ -18,6 +18,7 @@ from engine.cli import main
 from engine.compliance import ComplianceFilter
 from engine.compliance.embedders import CharNgramEmbedder
 from engine.engine import Engine
+from engine.flow.classifier import flow_classifier
 from engine.flow.loader import load_flow
 from engine.report import build_report
 from engine.simulation import Simulation, choose, load_population
@@ -28,7 +29,6 @@ from engine.simulation.results import (
     rate,
     run_conversations,
 )
-from intents import load_or_train
 from storage import Store
 from storage.models import Conversation, SimulationRun
 from tests.conftest import BROADBAND, ROOT
@@ -79,12 +79,7 @@ def parts(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SALESBOT_CACHE", cache)
         flow = load_flow(BROADBAND)
-        classifier = load_or_train(
-            {k: list(v) for k, v in flow.intents.items()},
-            language=flow.language,
-            threshold=flow.classifier_threshold,
-            margin=flow.classifier_margin,
-        )
+        classifier = flow_classifier(flow)
     return {
         "flow": flow,
         "classifier": classifier,
