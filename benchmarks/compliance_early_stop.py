@@ -34,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from compliance_contexts import CONTEXTS, SLOTS  # noqa: E402
+from torch_threads import set_threads  # noqa: E402
 
 from engine.compliance import ComplianceFilter, create_embedder, stream_and_match  # noqa: E402
 from engine.flow.loader import load_flow  # noqa: E402
@@ -184,15 +185,6 @@ def live(args: argparse.Namespace) -> None:
         f"median wall {statistics.median(r['full_s'] for r in rows):.2f} s full vs "
         f"{statistics.median(r['early_s'] for r in rows):.2f} s with early stop"
     )
-
-
-def set_threads(count: int) -> None:
-    """torch intra-op threads (0: torch's default). On cores shared with other busy processes
-    one thread is often faster than two: no thread waits at every barrier for a descheduled peer."""
-    if count:
-        import torch
-
-        torch.set_num_threads(count)
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from compliance_contexts import CONTEXTS, SLOTS, Context, history  # noqa: E402
+from torch_threads import set_threads  # noqa: E402
 
 from engine.compliance import ComplianceFilter, create_embedder  # noqa: E402
 from engine.compliance.index import as_vector  # noqa: E402
@@ -174,15 +175,6 @@ def evaluate(args: argparse.Namespace) -> None:
                     f"[{variant}/{r['context']}/{r['seed']}] {verdict} {r['score']:.2f} "
                     f"{r['best']}: {r['text']}"
                 )
-
-
-def set_threads(count: int) -> None:
-    """torch intra-op threads (0: torch's default). On cores shared with other busy processes
-    one thread is often faster than two: no thread waits at every barrier for a descheduled peer."""
-    if count:
-        import torch
-
-        torch.set_num_threads(count)
 
 
 def main() -> None:
