@@ -23,22 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_env import set_threads
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-from torch_threads import set_threads  # noqa: E402
-
-from engine.compliance import create_embedder  # noqa: E402
-from engine.compliance.calibration import Metrics, Pair, Scored, metrics  # noqa: E402
-from engine.compliance.index import IndexEntry, ScriptIndex, as_vector  # noqa: E402
+from engine.compliance import create_embedder
+from engine.compliance.calibration import Metrics, Pair, Scored, metrics
+from engine.compliance.index import IndexEntry, ScriptIndex, as_vector
 
 CLINC = Path(os.environ.get("CLINC150", "/work/shared/data/clinc150/data_full.json"))
 GRID = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))  # 0.05 .. 0.95

@@ -21,23 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from bench_env import ROOT, set_threads
+from compliance_contexts import CONTEXTS, SLOTS
 
-from compliance_contexts import CONTEXTS, SLOTS  # noqa: E402
-from torch_threads import set_threads  # noqa: E402
-
-from engine.compliance import ComplianceFilter, create_embedder, stream_and_match  # noqa: E402
-from engine.flow.loader import load_flow  # noqa: E402
+from engine.compliance import ComplianceFilter, create_embedder, stream_and_match
+from engine.flow.loader import load_flow
 
 FLOW_DIR = ROOT / "flows" / "broadband_en"
 SETTINGS = [(k, every, lead) for k in (1, 2, 3) for every in (2, 3, 4) for lead in (0.0, 0.05)]

@@ -26,25 +26,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from bench_env import ROOT, set_threads
+from compliance_contexts import CONTEXTS, SLOTS, Context, history
 
-from compliance_contexts import CONTEXTS, SLOTS, Context, history  # noqa: E402
-from torch_threads import set_threads  # noqa: E402
-
-from engine.compliance import ComplianceFilter, create_embedder  # noqa: E402
-from engine.compliance.index import as_vector  # noqa: E402
-from engine.flow.loader import load_flow  # noqa: E402
-from engine.llm import prompt as prompt_module  # noqa: E402
+from engine.compliance import ComplianceFilter, create_embedder
+from engine.compliance.index import as_vector
+from engine.flow.loader import load_flow
+from engine.llm import prompt as prompt_module
 
 FLOW_DIR = ROOT / "flows" / "broadband_en"
 VARIANTS = ("baseline", "lines_all", "lines_nearest")

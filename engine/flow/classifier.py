@@ -12,16 +12,12 @@ from pathlib import Path
 from engine.flow.model import Flow
 from intents import IntentClassifier, load_or_train
 
+SETTINGS = ("model", "threshold", "margin", "calibrate", "max_accuracy_drop")
+
 
 def flow_classifier(flow: Flow, cache_dir: Path | None = None) -> IntentClassifier:
     """The classifier ``flow`` declares (``cache_dir``: where trained models are kept)."""
-    return load_or_train(
-        {k: list(v) for k, v in flow.intents.items()},
-        language=flow.language,
-        threshold=flow.classifier_threshold,
-        margin=flow.classifier_margin,
-        model=flow.classifier_model,
-        calibrate=flow.classifier_calibrate,
-        max_accuracy_drop=flow.classifier_max_accuracy_drop,
-        cache_dir=cache_dir,
-    )
+    examples = {k: list(v) for k, v in flow.intents.items()}
+    # the flow's classifier: block, compiled to classifier_<setting> fields
+    settings = {name: getattr(flow, f"classifier_{name}") for name in SETTINGS}
+    return load_or_train(examples, language=flow.language, cache_dir=cache_dir, **settings)
