@@ -23,20 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_env import set_threads
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-from engine.compliance import create_embedder  # noqa: E402
-from engine.compliance.calibration import Metrics, Pair, Scored, metrics  # noqa: E402
-from engine.compliance.index import IndexEntry, ScriptIndex, as_vector  # noqa: E402
+from engine.compliance import create_embedder
+from engine.compliance.calibration import Metrics, Pair, Scored, metrics
+from engine.compliance.index import IndexEntry, ScriptIndex, as_vector
 
 CLINC = Path(os.environ.get("CLINC150", "/work/shared/data/clinc150/data_full.json"))
 GRID = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))  # 0.05 .. 0.95
@@ -112,15 +107,6 @@ def run(embedder_name: str, data: dict, intents: list[str], held_out: set[str]) 
         "test": {name: report(test, t, m) for name, (t, m) in points.items()},
         "val": {name: report(val, t, m) for name, (t, m) in points.items()},
     }
-
-
-def set_threads(count: int) -> None:
-    """torch intra-op threads (0: torch's default). On cores shared with other busy processes
-    one thread is often faster than two: no thread waits at every barrier for a descheduled peer."""
-    if count:
-        import torch
-
-        torch.set_num_threads(count)
 
 
 def main() -> None:

@@ -21,22 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from bench_env import ROOT, set_threads
+from compliance_contexts import CONTEXTS, SLOTS
 
-from compliance_contexts import CONTEXTS, SLOTS  # noqa: E402
-
-from engine.compliance import ComplianceFilter, create_embedder, stream_and_match  # noqa: E402
-from engine.flow.loader import load_flow  # noqa: E402
+from engine.compliance import ComplianceFilter, create_embedder, stream_and_match
+from engine.flow.loader import load_flow
 
 FLOW_DIR = ROOT / "flows" / "broadband_en"
 SETTINGS = [(k, every, lead) for k in (1, 2, 3) for every in (2, 3, 4) for lead in (0.0, 0.05)]
@@ -184,15 +177,6 @@ def live(args: argparse.Namespace) -> None:
         f"median wall {statistics.median(r['full_s'] for r in rows):.2f} s full vs "
         f"{statistics.median(r['early_s'] for r in rows):.2f} s with early stop"
     )
-
-
-def set_threads(count: int) -> None:
-    """torch intra-op threads (0: torch's default). On cores shared with other busy processes
-    one thread is often faster than two: no thread waits at every barrier for a descheduled peer."""
-    if count:
-        import torch
-
-        torch.set_num_threads(count)
 
 
 def main() -> None:

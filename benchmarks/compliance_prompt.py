@@ -26,24 +26,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from bench_env import ROOT, set_threads
+from compliance_contexts import CONTEXTS, SLOTS, Context, history
 
-from compliance_contexts import CONTEXTS, SLOTS, Context, history  # noqa: E402
-
-from engine.compliance import ComplianceFilter, create_embedder  # noqa: E402
-from engine.compliance.index import as_vector  # noqa: E402
-from engine.flow.loader import load_flow  # noqa: E402
-from engine.llm import prompt as prompt_module  # noqa: E402
+from engine.compliance import ComplianceFilter, create_embedder
+from engine.compliance.index import as_vector
+from engine.flow.loader import load_flow
+from engine.llm import prompt as prompt_module
 
 FLOW_DIR = ROOT / "flows" / "broadband_en"
 VARIANTS = ("baseline", "lines_all", "lines_nearest")
@@ -174,15 +167,6 @@ def evaluate(args: argparse.Namespace) -> None:
                     f"[{variant}/{r['context']}/{r['seed']}] {verdict} {r['score']:.2f} "
                     f"{r['best']}: {r['text']}"
                 )
-
-
-def set_threads(count: int) -> None:
-    """torch intra-op threads (0: torch's default). On cores shared with other busy processes
-    one thread is often faster than two: no thread waits at every barrier for a descheduled peer."""
-    if count:
-        import torch
-
-        torch.set_num_threads(count)
 
 
 def main() -> None:

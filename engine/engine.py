@@ -32,6 +32,7 @@ from engine.compliance.early_stop import streamed_reply
 from engine.errors import ConcurrentTurns, SessionEnded
 from engine.experiments import Assignment, Experiment, apply_overrides, resolve_arm
 from engine.experiments import load_experiments as _load_experiments
+from engine.flow.classifier import flow_classifier
 from engine.flow.loader import load_flow
 from engine.flow.model import Flow
 from engine.flow.slots import resolve_slots
@@ -41,7 +42,7 @@ from engine.policy import Arm, Decision, ReplyPlan, decide, entry
 from engine.reply import Reply
 from engine.session_locks import SessionLocks
 from engine.text import storable
-from intents import IntentClassifier, IntentPrediction, load_or_train
+from intents import IntentClassifier, IntentPrediction
 from storage import Store
 from storage.models import StageEvent, Turn, utcnow
 from storage.repository import Snapshot, reply_from_row
@@ -101,15 +102,7 @@ class Engine:
         ``pool_size``: database connections to keep (the threads calling the engine at once).
         """
         flow = load_flow(flow_dir)
-        classifier = load_or_train(
-            {k: list(v) for k, v in flow.intents.items()},
-            language=flow.language,
-            threshold=flow.classifier_threshold,
-            margin=flow.classifier_margin,
-            model=flow.classifier_model,
-            calibrate=flow.classifier_calibrate,
-            max_accuracy_drop=flow.classifier_max_accuracy_drop,
-        )
+        classifier = flow_classifier(flow)
         embedder = create_embedder(embedder_name or flow.embedder)
         return cls(
             flow=flow,

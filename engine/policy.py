@@ -10,7 +10,6 @@ from typing import Literal
 from engine.flow.model import Flow, Stage
 
 Arm = Literal["hybrid", "pure_llm"]
-ARMS: tuple[str, ...] = ("hybrid", "pure_llm")
 
 
 @dataclass(frozen=True)

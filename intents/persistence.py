@@ -17,7 +17,6 @@ fails either check is reported with a warning and retrained, never loaded.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -33,6 +32,7 @@ import skops
 import skops.io as sio
 
 from engine.errors import SalesbotError
+from engine.hashing import content_hash, file_sha256
 from intents.classifier import IntentClassifier
 from intents.paths import cache_root
 
@@ -57,29 +57,18 @@ def default_cache_dir() -> Path:
 
 def training_key(examples: Mapping[str, Sequence[str]], params: Mapping[str, Any]) -> str:
     """``intents:v2:<sha256>`` over canonical JSON of the examples, parameters and sklearn."""
-    canonical = json.dumps(
+    return content_hash(
         {
             "examples": {k: list(v) for k, v in sorted(examples.items())},
             "params": dict(params),
             "sklearn": sklearn.__version__,
         },
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
+        CACHE_SCHEME,
     )
-    return CACHE_SCHEME + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def manifest_path(path: Path) -> Path:
     return path.with_name(path.name + ".manifest.json")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save(model: IntentClassifier, path: str | Path, key: str = "") -> Path:

@@ -48,14 +48,6 @@ def top_two(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return best, part[:, -1], part[:, -1] - part[:, -2]
 
 
-def rejected_mask(
-    probs: np.ndarray, classes: Sequence[str], rule: RejectionRule
-) -> tuple[np.ndarray, np.ndarray]:
-    """(top label per row, True where the rule sends the row out of scope)."""
-    labels, confidence, margin = _tops(probs, classes)
-    return labels, _rejected(labels, confidence, margin, rule)
-
-
 def _tops(probs: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     best, confidence, margin = top_two(probs)
     return np.asarray(classes, dtype=object)[best], confidence, margin

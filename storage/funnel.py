@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine as SAEngine
 
 from storage.models import ComplianceDecision, Conversation, StageEvent, Turn
+from storage.repository import Store
 
 C = Conversation.__table__.c
 E = StageEvent.__table__.c
@@ -98,7 +99,7 @@ Source = SAEngine | Connection
 
 
 @contextmanager
-def reading(bind: SAEngine) -> Iterator[Connection]:
+def reading(source: SAEngine | Store) -> Iterator[Connection]:
     """A connection whose queries all see one consistent snapshot and block no writer.
 
     PostgreSQL: a REPEATABLE READ transaction. SQLite: the Store's engine begins every
@@ -106,6 +107,7 @@ def reading(bind: SAEngine) -> Iterator[Connection]:
     live turns, so it reads through its own engine with a deferred BEGIN, which in WAL mode is a
     snapshot that writers do not wait for. In-memory databases exist only on the Store's engine.
     """
+    bind = source.engine if isinstance(source, Store) else source
     url = bind.url
     if bind.dialect.name == "sqlite" and url.database not in (None, "", ":memory:"):
         reader = create_engine(url, connect_args={"timeout": 30})

@@ -55,6 +55,7 @@ POOL_SIZE = 5  # SQLAlchemy's default; size it to the threads that use the store
 POOL_RECYCLE_S = 1800  # replace pooled connections older than this (idle timeouts, failovers)
 READ_OPTION = "salesbot_read"  # execution option: a read-only connection (see make_engine)
 T = TypeVar("T")
+R = TypeVar("R", Turn, StageEvent, ComplianceDecision)
 
 _conversations = Conversation.__table__
 _turns = Turn.__table__
@@ -303,6 +304,18 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def ping(self) -> None:
+        """``SELECT 1`` on a raw DBAPI connection: no ORM transaction, so SQLite's
+        ``BEGIN IMMEDIATE`` is not taken (a health check must not wait for the write lock)."""
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
+            cursor.close()
+        finally:
+            connection.close()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -553,28 +566,16 @@ class Store:
             return reply_from_turn(row, outcome=c.outcome if ended else None)
 
     def turns(self, conversation_id: str) -> list[Turn]:
-        with self._sessions() as db:
-            query = (
-                select(Turn)
-                .where(Turn.conversation_id == conversation_id)
-                .order_by(Turn.turn_index)
-            )
-            return list(db.scalars(query))
+        return self._rows(Turn, conversation_id, Turn.turn_index)
 
     def stage_events(self, conversation_id: str) -> list[StageEvent]:
-        with self._sessions() as db:
-            query = (
-                select(StageEvent)
-                .where(StageEvent.conversation_id == conversation_id)
-                .order_by(StageEvent.id)
-            )
-            return list(db.scalars(query))
+        return self._rows(StageEvent, conversation_id, StageEvent.id)
 
     def compliance_decisions(self, conversation_id: str) -> list[ComplianceDecision]:
+        return self._rows(ComplianceDecision, conversation_id, ComplianceDecision.id)
+
+    def _rows(self, model: type[R], conversation_id: str, order: Any) -> list[R]:
+        """The conversation's rows of a per-conversation table, in ``order``."""
         with self._sessions() as db:
-            query = (
-                select(ComplianceDecision)
-                .where(ComplianceDecision.conversation_id == conversation_id)
-                .order_by(ComplianceDecision.id)
-            )
+            query = select(model).where(model.conversation_id == conversation_id).order_by(order)
             return list(db.scalars(query))

@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
 
 from engine.errors import FlowProblem
@@ -348,3 +349,13 @@ MALFORMED_PLACEHOLDERS = {
     "positional-field": '    text: "Goodbye {}"\n',
     "bad-conversion": '    text: "Goodbye {customer_name!x}"\n',
 }
+MALFORMED_FAULTS = {
+    name: Fault(
+        "scripts.yaml", "    text: Goodbye.\n", text, f"scripts.{SCRIPT_INDEX['end.bye']}.text", ""
+    )
+    for name, text in MALFORMED_PLACEHOLDERS.items()
+}
+# A test parametrised with ``fault``: each malformed text in place of end.bye's text.
+malformed_placeholder_faults = pytest.mark.parametrize(
+    "fault", list(MALFORMED_FAULTS.values()), ids=list(MALFORMED_FAULTS)
+)

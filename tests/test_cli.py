@@ -17,11 +17,10 @@ from engine.flow.loader import load_flow
 from tests.conftest import BROADBAND, INSURANCE, ROOT
 from tests.flow_faults import (
     FAULTS,
-    MALFORMED_PLACEHOLDERS,
-    SCRIPT_INDEX,
     Fault,
     apply_fault,
     copy_mini,
+    malformed_placeholder_faults,
 )
 
 CLI_FAULTS = [
@@ -169,19 +168,16 @@ def test_validate_subprocess_broken_flow(tmp_path, name):
     assert fault.message in proc.stderr
 
 
-@pytest.mark.parametrize(
-    "new", list(MALFORMED_PLACEHOLDERS.values()), ids=list(MALFORMED_PLACEHOLDERS)
-)
-def test_validate_subprocess_malformed_placeholder_exits_2_without_traceback(tmp_path, new):
+@malformed_placeholder_faults
+def test_validate_subprocess_malformed_placeholder_exits_2_without_traceback(tmp_path, fault):
     folder = copy_mini(tmp_path)
-    field = f"scripts.{SCRIPT_INDEX['end.bye']}.text"
-    line = apply_fault(folder, Fault("scripts.yaml", "    text: Goodbye.\n", new, field, ""))
+    line = apply_fault(folder, fault)
 
     proc = run_cli("validate", str(folder))
 
     assert "Traceback" not in proc.stderr
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert f"{folder / 'scripts.yaml'}:{line}: {field}: " in proc.stderr
+    assert f"{folder / 'scripts.yaml'}:{line}: {fault.field}: " in proc.stderr
 
 
 def test_console_script_entry_point_is_the_click_group():

@@ -13,12 +13,11 @@ from engine.flow.loader import load_flow
 from tests.conftest import BROADBAND, INSURANCE
 from tests.flow_faults import (
     FAULTS,
-    MALFORMED_PLACEHOLDERS,
     MINI,
-    SCRIPT_INDEX,
     Fault,
     apply_fault,
     copy_mini,
+    malformed_placeholder_faults,
     matching,
 )
 
@@ -184,17 +183,14 @@ def test_duplicate_key_is_reported_at_each_repeated_occurrence(tmp_path):
     assert sorted(p.line for p in problems) == [third - 1, third]
 
 
-@pytest.mark.parametrize(
-    "new", list(MALFORMED_PLACEHOLDERS.values()), ids=list(MALFORMED_PLACEHOLDERS)
-)
-def test_malformed_placeholder_is_a_problem_not_a_crash(tmp_path, new):
+@malformed_placeholder_faults
+def test_malformed_placeholder_is_a_problem_not_a_crash(tmp_path, fault):
     folder = copy_mini(tmp_path)
-    field = f"scripts.{SCRIPT_INDEX['end.bye']}.text"
-    line = apply_fault(folder, Fault("scripts.yaml", "    text: Goodbye.\n", new, field, ""))
+    line = apply_fault(folder, fault)
 
     problems = problems_of(folder)
 
-    found = matching(problems, "scripts.yaml", field)
+    found = matching(problems, "scripts.yaml", fault.field)
     assert [p.line for p in found] == [line], describe(problems)
     assert found[0].message
 

@@ -4,45 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from engine.compliance import ComplianceFilter
-from engine.compliance.embedders import MiniLMEmbedder
 from engine.engine import Engine
-from engine.flow.loader import load_flow
-from engine.llm.hf.backend import TransformersBackend
-from intents import load_or_train
 from storage import Store
-from tests.conftest import BROADBAND
+from tests.real_models import allowed_in, broadband_parts
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def parts():
-    flow = load_flow(BROADBAND)
-    backend = TransformersBackend()
-    backend.load()
-    classifier = load_or_train(
-        {k: list(v) for k, v in flow.intents.items()},
-        language=flow.language,
-        threshold=flow.classifier_threshold,
-        margin=flow.classifier_margin,
-    )
-    return flow, classifier, backend, ComplianceFilter(flow, MiniLMEmbedder())
-
-
-def allowed_in(flow, stage: str) -> set[str]:
-    """Texts strict mode may send in an llm stage: its approved scripts and its fallbacks."""
-    policy = flow.stages[stage].compliance
-    ids = {*policy.candidates, *(s for s, _ in policy.fallback), policy.universal_fallback}
-    return {flow.scripts[i].render({**SLOTS}) for i in ids}
-
-
-SLOTS = {
-    "customer_name": "Alex",
-    "agent_name": "Sam",
-    "company": "Brightline Broadband",
-    "current_plan": "100 Mbps",
-}
+    return broadband_parts()
 
 
 def test_call_reaches_the_llm_stage_and_only_approved_text_is_sent(parts, db_url):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import FlowValidationError
+from engine.flow.classifier import flow_classifier
 from engine.flow.loader import load_flow
-from intents import OUT_OF_SCOPE, load_or_train
+from intents import OUT_OF_SCOPE
 from tests.flow_faults import copy_mini
 
 
@@ -51,13 +52,7 @@ def test_out_of_scope_examples_in_intents_yaml_train_an_explicit_class(tmp_path)
     folder = with_classifier(tmp_path, "  threshold: 0.0\n  margin: 0.0\n",
                              f"  {OUT_OF_SCOPE}:\n{oos}\n")  # fmt: skip
     flow = load_flow(folder)
-    model = load_or_train(
-        {k: list(v) for k, v in flow.intents.items()},
-        language=flow.language,
-        threshold=flow.classifier_threshold,
-        margin=flow.classifier_margin,
-        cache_dir=tmp_path / "cache",
-    )
+    model = flow_classifier(flow, cache_dir=tmp_path / "cache")
     assert model.has_oos_class_
     assert model.predict_one("what is the weather like").rejected_by == "oos_class"
     assert model.predict_one("yes please").intent == "affirm"

@@ -21,6 +21,7 @@ from engine.cli import main
 from engine.compliance import ComplianceFilter
 from engine.compliance.embedders import CharNgramEmbedder
 from engine.engine import Engine
+from engine.flow.classifier import flow_classifier
 from engine.flow.loader import load_flow
 from engine.llm.base import BackendError
 from engine.llm.registry import register_backend
@@ -35,7 +36,6 @@ from engine.simulation.results import (
     rate,
     run_conversations,
 )
-from intents import load_or_train
 from storage import Store
 from storage.models import Conversation, SimulationRun
 from tests.conftest import BROADBAND, ROOT
@@ -87,12 +87,7 @@ def parts(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SALESBOT_CACHE", cache)
         flow = load_flow(BROADBAND)
-        classifier = load_or_train(
-            {k: list(v) for k, v in flow.intents.items()},
-            language=flow.language,
-            threshold=flow.classifier_threshold,
-            margin=flow.classifier_margin,
-        )
+        classifier = flow_classifier(flow)
     return {
         "flow": flow,
         "classifier": classifier,

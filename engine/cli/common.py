@@ -8,7 +8,6 @@ from rich.console import Console
 from engine.errors import FlowValidationError
 
 console = Console()
-err_console = Console(stderr=True)
 DB_HELP = "SQLAlchemy URL of the conversation store."
 
 

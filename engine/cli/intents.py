@@ -236,8 +236,9 @@ def _print_report(report, seconds: float) -> None:
 def train_command(flow_dir, data, model, language, threshold, margin, c, max_accuracy_drop,
                   seed, output) -> None:  # fmt: skip
     """Train on all of a flow's examples (or a data set's train split) and save the model."""
+    from engine.hashing import file_sha256
     from intents.datasets import Split
-    from intents.persistence import file_sha256, save
+    from intents.persistence import save
 
     dataset, params = _prepare(
         flow_dir, data, model, language, threshold, margin, c, max_accuracy_drop, seed

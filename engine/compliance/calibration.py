@@ -34,6 +34,7 @@ from engine.compliance.filter import ComplianceFilter
 from engine.compliance.index import as_vector
 from engine.errors import FlowProblem, SalesbotError
 from engine.flow.model import Flow
+from engine.flow.problems import Problems
 
 COLUMNS = ("stage", "label", "category", "text")
 NONE = "none"
@@ -85,22 +86,23 @@ def load_pairs(path: str | Path, flow: Flow) -> list[Pair]:
     """Read and check a pairs file against ``flow``: stage exists and is answered by the LLM in
     some arm, every label is a candidate script of that stage."""
     path = Path(path)
-    problems: list[FlowProblem] = []
+    problems = Problems(path.parent).file(path.name)
 
     def bad(line: int | None, field: str, message: str) -> None:
-        problems.append(FlowProblem(str(path), line, field, message))
+        problems.add((field,) if field else (), message, line)
 
     try:
         handle = path.open(newline="", encoding="utf-8")
     except OSError as exc:
-        raise PairsError([FlowProblem(str(path), None, "", f"cannot read: {exc}")]) from None
+        bad(None, "", f"cannot read: {exc}")
+        raise PairsError(problems.items) from None
     pairs: list[Pair] = []
     with handle:
         reader = csv.DictReader(handle)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             bad(1, "", f"missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}")
-            raise PairsError(problems)
+            raise PairsError(problems.items)
         for row in reader:
             line = reader.line_num
             stage = (row["stage"] or "").strip()
@@ -124,10 +126,10 @@ def load_pairs(path: str | Path, flow: Flow) -> list[Pair]:
                 continue
             category = (row["category"] or "").strip() or "uncategorised"
             pairs.append(Pair(line, stage, text, frozenset(ids), category))
-    if not pairs and not problems:
+    if not pairs and not problems.items:
         bad(None, "", "no pairs")
-    if problems:
-        raise PairsError(problems)
+    if problems.items:
+        raise PairsError(problems.items)
     return pairs
 
 

@@ -205,10 +205,6 @@ def register_embedder(name: str, factory: Callable[[], Embedder]) -> None:
     _FACTORIES[name] = factory
 
 
-def unregister_embedder(name: str) -> None:
-    _FACTORIES.pop(name, None)
-
-
 def available_embedders() -> list[str]:
     return sorted({*_FACTORIES, *_entry_points()})
 

@@ -17,7 +17,6 @@ few milliseconds; TF-IDF matrices stay sparse), then the best wording per script
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -30,6 +29,7 @@ import numpy as np
 from scipy import sparse
 
 from engine.compliance.embedders import Embedder
+from engine.hashing import content_hash, file_sha256
 
 INDEX_SCHEME = "index:v1:"
 
@@ -51,18 +51,15 @@ class IndexEntry:
 
 
 def index_key(entries: Sequence[IndexEntry], embedder: Embedder, library_hash: str) -> str:
-    canonical = json.dumps(
+    return content_hash(
         {
             "library": library_hash,
             "embedder": embedder.name,
             "version": getattr(embedder, "version", None),
             "entries": [[e.script_id, list(e.texts)] for e in entries],
         },
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
+        INDEX_SCHEME,
     )
-    return INDEX_SCHEME + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def as_matrix(embedded) -> np.ndarray | sparse.csr_matrix:
@@ -79,10 +76,6 @@ def as_vector(row) -> np.ndarray:
     return np.asarray(row, dtype=np.float32).ravel()
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _cacheable(embedder: Embedder) -> bool:
     return getattr(embedder, "version", None) is not None and not getattr(
         embedder, "fits_corpus", True
@@ -94,7 +87,7 @@ def _load_cached(path: Path, key: str, rows: int) -> np.ndarray | None:
     manifest_path = path.with_suffix(".manifest.json")
     try:
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("key") != key or manifest.get("sha256") != _file_sha256(path):
+        if manifest.get("key") != key or manifest.get("sha256") != file_sha256(path):
             return None
         with np.load(path, allow_pickle=False) as data:
             matrix = data["matrix"]
@@ -111,7 +104,7 @@ def _save(path: Path, key: str, matrix: np.ndarray) -> None:
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".npz") as tmp:
         np.savez(tmp, matrix=matrix)
     os.replace(tmp.name, path)
-    manifest = {"key": key, "file": path.name, "sha256": _file_sha256(path)}
+    manifest = {"key": key, "file": path.name, "sha256": file_sha256(path)}
     manifest["rows"], manifest["dim"] = matrix.shape
     with tempfile.NamedTemporaryFile(
         "w", dir=path.parent, delete=False, suffix=".json", encoding="utf-8"

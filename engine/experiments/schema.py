@@ -28,15 +28,16 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from engine.errors import FlowProblem, FlowValidationError
+from engine.errors import FlowValidationError
 from engine.experiments.experiment import ArmConfig, Experiment
 from engine.experiments.overrides import OverrideError, Overrides, apply_overrides
-from engine.flow.loader import content_hash
 from engine.flow.model import Flow
+from engine.flow.problems import FileProblems, Problems
 from engine.flow.schema import Name, ScriptId
-from engine.flow.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
+from engine.flow.yaml_lines import Loc
+from engine.hashing import content_hash
 
 FILE_NAME = "experiments.yaml"
 DEFINITION_SCHEME = "experiment:v1:"
@@ -80,19 +81,6 @@ class ExperimentsFile(_Strict):
     experiments: dict[ExperimentName, ExperimentSpec] = Field(min_length=1)
 
 
-class _Problems:
-    def __init__(self, path: Path, located: LocatedYaml | None = None):
-        self.path = path
-        self.located = located
-        self.items: list[FlowProblem] = []
-
-    def add(self, loc: Loc, message: str, line: int | None = None) -> None:
-        if line is None and self.located is not None:
-            line = self.located.line_of(loc)
-        field = ".".join(str(part) for part in loc)
-        self.items.append(FlowProblem(str(self.path), line, field, message))
-
-
 def load_experiments(
     source: str | Path, flow: Flow | None = None, *, required: bool = False
 ) -> dict[str, Experiment]:
@@ -101,43 +89,26 @@ def load_experiments(
     path = Path(source)
     if path.is_dir():
         path = path / FILE_NAME
-    if not path.is_file():
-        if required or path.name != FILE_NAME:
-            raise FlowValidationError([FlowProblem(str(path), None, "", "file is missing")])
+    if not path.is_file() and not required and path.name == FILE_NAME:
         return {}
-    problems = _Problems(path)
-    try:
-        located = load_located(path)
-    except YamlSyntaxError as exc:
-        raise FlowValidationError([FlowProblem(str(path), exc.line, "", str(exc))]) from None
-    except UnicodeDecodeError as exc:
-        raise FlowValidationError([FlowProblem(str(path), None, "", f"not UTF-8: {exc}")]) from None
-    problems.located = located
-    for loc, line in located.duplicates:
-        problems.add(loc, "duplicate key (the earlier value would be overwritten)", line)
-    if not isinstance(located.data, dict):
-        problems.add((), "the file must contain a mapping at the top level")
-        raise FlowValidationError(problems.items)
-    try:
-        parsed = ExperimentsFile.model_validate(located.data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            problems.add(tuple(err["loc"]), err["msg"])
-        raise FlowValidationError(problems.items) from None
+    found = Problems(path.parent)
+    parsed = found.read(path.name, ExperimentsFile)
+    if parsed is None:
+        raise FlowValidationError(found.items)
+    problems = found.file(path.name)
     experiments: dict[str, Experiment] = {}
     for name, spec in parsed.experiments.items():
         loc: Loc = ("experiments", name)
         _check_experiment(spec, loc, problems)
         if flow is not None:
             _check_against_flow(spec, loc, flow, problems)
-        raw = located.data["experiments"][name]
+        raw = found.located[path.name].data["experiments"][name]
         experiments[name] = _compile(name, spec, flow, raw)
-    if problems.items:
-        raise FlowValidationError(problems.items)
+    found.raise_if_any()
     return experiments
 
 
-def _check_experiment(spec: ExperimentSpec, loc: Loc, problems: _Problems) -> None:
+def _check_experiment(spec: ExperimentSpec, loc: Loc, problems: FileProblems) -> None:
     total = sum(arm.weight for arm in spec.arms.values())
     if not math.isclose(total, 1.0, abs_tol=1e-6):
         problems.add((*loc, "arms"), f"arm weights sum to {total:g}, not 1")
@@ -160,7 +131,7 @@ def _check_experiment(spec: ExperimentSpec, loc: Loc, problems: _Problems) -> No
                     problems.add((*where, "compliance", "fallback"), f"weights sum to {total:g}")
 
 
-def _check_against_flow(spec: ExperimentSpec, loc: Loc, flow: Flow, problems: _Problems) -> None:
+def _check_against_flow(spec: ExperimentSpec, loc: Loc, flow: Flow, problems: FileProblems) -> None:
     stages = flow.stages
     outcomes = sorted({s.outcome for s in stages.values() if s.outcome})
     live = sorted(name for name, s in stages.items() if not s.is_end)
@@ -209,7 +180,7 @@ def _check_against_flow(spec: ExperimentSpec, loc: Loc, flow: Flow, problems: _P
 
 
 def _check_pool(
-    flow: Flow, stage: str, pool: dict[str, float], where: Loc, problems: _Problems
+    flow: Flow, stage: str, pool: dict[str, float], where: Loc, problems: FileProblems
 ) -> None:
     for script_id in pool:
         script = flow.scripts.get(script_id)
@@ -249,7 +220,7 @@ def _compile(name: str, spec: ExperimentSpec, flow: Flow | None, raw: Any) -> Ex
         hangup_outcomes=hangup,
         funnel=funnel,
         arms=tuple(arms),
-        definition=content_hash(raw, scheme=DEFINITION_SCHEME),
+        definition=content_hash(raw, DEFINITION_SCHEME),
     )
 
 

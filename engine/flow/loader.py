@@ -7,8 +7,6 @@ model, then the cross-file rules (references, reachability, weights, placeholder
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections import deque
 from pathlib import Path
@@ -30,62 +28,20 @@ from engine.flow.model import (
     placeholders,
     template_problem,
 )
+from engine.flow.problems import Problems
 from engine.flow.slots import compile_slot
-from engine.flow.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
+from engine.flow.yaml_lines import Loc
+from engine.hashing import content_hash
 
 HASH_SCHEME = "flow:v1:"
 
 
-def content_hash(data: Any, scheme: str = HASH_SCHEME) -> str:
-    """Tagged sha256 of the canonical JSON form (sorted keys, compact, UTF-8) of ``data``."""
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return scheme + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-class _Problems:
-    """Collects problems, resolving a field path to its line in the right file."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.items: list[FlowProblem] = []
-        self.located: dict[str, LocatedYaml] = {}
-
-    def add(self, file: str, loc: Loc, message: str, line: int | None = None) -> None:
-        located = self.located.get(file)
-        if line is None and located:
-            line = located.line_of(loc)
-        field = ".".join(str(part) for part in loc)
-        self.items.append(FlowProblem(str(self.folder / file), line, field, message))
-
-
-def _parse_files(folder: Path, problems: _Problems) -> dict[str, BaseModel]:
+def _parse_files(problems: Problems) -> dict[str, BaseModel]:
     parsed: dict[str, BaseModel] = {}
     for file_name, model in schema.FILES.items():
-        path = folder / file_name
-        if not path.is_file():
-            problems.items.append(FlowProblem(str(path), None, "", "file is missing"))
-            continue
-        try:
-            located = load_located(path)
-        except YamlSyntaxError as exc:
-            problems.items.append(FlowProblem(str(path), exc.line, "", str(exc)))
-            continue
-        except UnicodeDecodeError as exc:
-            problems.items.append(FlowProblem(str(path), None, "", f"not UTF-8 text: {exc}"))
-            continue
-        problems.located[file_name] = located
-        for loc, line in located.duplicates:
-            problems.add(
-                file_name, loc, "duplicate key (the earlier value would be overwritten)", line
-            )
-        if not isinstance(located.data, dict):
-            problems.add(file_name, (), "the file must contain a mapping at the top level")
-            continue
-        try:
-            parsed[file_name] = model.model_validate(located.data)
-        except ValidationError as exc:
-            for err in exc.errors():
-                problems.add(file_name, tuple(err["loc"]), err["msg"])
+        result = problems.read(file_name, model)
+        if result is not None:
+            parsed[file_name] = result
     return parsed
 
 
@@ -93,7 +49,7 @@ def _check_references(
     flow: schema.FlowFile,
     intents: schema.IntentsFile | None,
     scripts: schema.ScriptsFile | None,
-    problems: _Problems,
+    problems: Problems,
 ) -> None:
     """Cross-file references. A file that failed its own schema check is None: references into
     it are not checked (they would only repeat its errors), everything else still is."""
@@ -174,7 +130,7 @@ def _check_references(
         _check_stage_kind(name, stage, problems)
 
 
-def _check_stage_kind(name: str, stage: schema.Stage, problems: _Problems) -> None:
+def _check_stage_kind(name: str, stage: schema.Stage, problems: Problems) -> None:
     f, loc = "flow.yaml", ("stages", name)
     if stage.kind == "end":
         if not stage.outcome:
@@ -203,7 +159,7 @@ def _check_stage_kind(name: str, stage: schema.Stage, problems: _Problems) -> No
         problems.add(f, loc, "the stage has no way out: add `on` transitions or `otherwise`")
 
 
-def _check_reachability(flow: schema.FlowFile, problems: _Problems) -> None:
+def _check_reachability(flow: schema.FlowFile, problems: Problems) -> None:
     stages = flow.stages
     if flow.start not in stages:
         return
@@ -227,7 +183,7 @@ def _check_reachability(flow: schema.FlowFile, problems: _Problems) -> None:
             problems.add("flow.yaml", ("stages", name), f"stage {name!r} is unreachable from start")
 
 
-def _check_generation(flow: schema.FlowFile, problems: _Problems) -> dict[str, GenerationParams]:
+def _check_generation(flow: schema.FlowFile, problems: Problems) -> dict[str, GenerationParams]:
     """Merge flow-level and stage-level generation blocks and check the combined rules."""
     resolved: dict[str, GenerationParams] = {}
     try:
@@ -249,7 +205,7 @@ def _check_generation(flow: schema.FlowFile, problems: _Problems) -> dict[str, G
     return resolved
 
 
-def _check_candidates(flow: schema.FlowFile, scripts: schema.ScriptsFile, problems: _Problems):
+def _check_candidates(flow: schema.FlowFile, scripts: schema.ScriptsFile, problems: Problems):
     for name, stage in flow.stages.items():
         if stage.kind != "llm":
             continue
@@ -270,7 +226,7 @@ def _forbidden_blocks(flow: schema.FlowFile) -> list[tuple[Loc, schema.Forbidden
     return blocks
 
 
-def _check_compliance_rules(flow: schema.FlowFile, problems: _Problems) -> None:
+def _check_compliance_rules(flow: schema.FlowFile, problems: Problems) -> None:
     """The embedder must be registered and every forbidden pattern must compile."""
     from engine.compliance.embedders import available_embedders
     from engine.compliance.rules import pattern_problem
@@ -290,7 +246,7 @@ def _check_compliance_rules(flow: schema.FlowFile, problems: _Problems) -> None:
 
 
 def _check_rules_spare_scripts(
-    flow: schema.FlowFile, scripts: schema.ScriptsFile, problems: _Problems
+    flow: schema.FlowFile, scripts: schema.ScriptsFile, problems: Problems
 ) -> None:
     """A forbidden rule that matches an approved wording of a stage it applies to contradicts
     the library: in pass mode a faithful paraphrase would always fall back."""
@@ -393,7 +349,7 @@ def _compile(
     }
     return Flow(
         name=flow.flow,
-        version=content_hash(raw),
+        version=content_hash(raw, HASH_SCHEME),
         label=flow.version,
         language=flow.language,
         description=flow.description,
@@ -416,7 +372,7 @@ def _compile(
         stages=MappingProxyType(stages),
         scripts=MappingProxyType(script_map),
         intents=MappingProxyType({k: tuple(v) for k, v in intents.intents.items()}),
-        library_hash=content_hash(raw["scripts.yaml"], scheme="scripts:v1:"),
+        library_hash=content_hash(raw["scripts.yaml"], "scripts:v1:"),
         early_stop=flow.compliance.early_stop,
         universal_fallback=flow.compliance.universal_fallback,
         **_forbidden_fields(flow.compliance.forbidden, None),
@@ -437,10 +393,10 @@ def _forbidden_fields(
 def load_flow(folder: str | Path) -> Flow:
     """Load and validate a flow folder; raise :class:`FlowValidationError` listing every problem."""
     folder = Path(folder)
-    problems = _Problems(folder)
+    problems = Problems(folder)
     if not folder.is_dir():
         raise FlowValidationError([FlowProblem(str(folder), None, "", "not a flow folder")])
-    parsed = _parse_files(folder, problems)
+    parsed = _parse_files(problems)
     flow = parsed.get("flow.yaml")
     intents = parsed.get("intents.yaml")
     scripts = parsed.get("scripts.yaml")
@@ -452,8 +408,7 @@ def load_flow(folder: str | Path) -> Flow:
         if isinstance(scripts, schema.ScriptsFile):
             _check_candidates(flow, scripts, problems)
             _check_rules_spare_scripts(flow, scripts, problems)
-    if problems.items:
-        raise FlowValidationError(problems.items)
+    problems.raise_if_any()
     assert isinstance(intents, schema.IntentsFile) and isinstance(scripts, schema.ScriptsFile)
     raw = {name: problems.located[name].data for name in schema.FILES}
     return _compile(folder, flow, intents, scripts, generation, raw)

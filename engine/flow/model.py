@@ -116,9 +116,6 @@ class Flow:
             return None
         return stage.on.get(intent) or self.global_on.get(intent)
 
-    def scripts_for_stage(self, stage: str) -> list[Script]:
-        return [s for s in self.scripts.values() if stage in s.stages or "*" in s.stages]
-
     def render(self, script_id: str, slots: dict[str, str]) -> str:
         return self.scripts[script_id].render(slots)
 

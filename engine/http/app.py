@@ -121,18 +121,6 @@ def _warm_up(engine: Engine, state: ServiceState) -> None:
         state.models = f"failed: {type(exc).__name__}"
 
 
-def _ping_database(engine: Engine) -> None:
-    # A raw DBAPI connection: no ORM transaction, so SQLite's BEGIN IMMEDIATE is not taken.
-    connection = engine.store.engine.raw_connection()
-    try:
-        cursor = connection.cursor()
-        cursor.execute("SELECT 1")
-        cursor.fetchall()
-        cursor.close()
-    finally:
-        connection.close()
-
-
 def _stored_opening(engine: Engine, session_id: str, customer_id: str) -> ReplyOut:
     """The opening reply of a session created by an earlier attempt of the same start."""
     conversation = engine.store.get(session_id)
@@ -388,7 +376,7 @@ def create_app(
         checks = {"models": state.models}
         try:
             with anyio.fail_after(settings.ready_timeout_s):
-                await run_in_threadpool(_ping_database, engine)
+                await run_in_threadpool(engine.store.ping)
             checks["database"] = "ready"
         except TimeoutError:
             checks["database"] = "timeout"

@@ -15,9 +15,9 @@ the prompt's KV cache); backends without such state ignore it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypedDict, runtime_checkable
+from typing import Protocol, TypedDict
 
 from engine.errors import SalesbotError
 from engine.flow.generation import GenerationParams
@@ -77,19 +77,3 @@ class LLMBackend(Protocol):
         seed: int | None = None,
         session_key: str | None = None,
     ) -> Generation: ...
-
-
-@runtime_checkable
-class StreamingBackend(Protocol):
-    def stream(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Iterator[str]: ...
-
-
-@runtime_checkable
-class BatchBackend(Protocol):
-    def generate_batch(self, items: Sequence[BatchItem | tuple]) -> list[Generation]: ...

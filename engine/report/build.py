@@ -53,7 +53,7 @@ def build_report(
 
 
 def _build(store: Store, experiment: str, run_id: str | None, alpha: float) -> Report:
-    with funnel_sql.reading(store.engine) as conn:  # one snapshot for every number
+    with funnel_sql.reading(store) as conn:  # one snapshot for every number
         return _analyse(store, conn, experiment, run_id, alpha)
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from engine.errors import SalesbotError
 from engine.experiments import MODES, ArmConfig, Experiment
-from engine.flow.loader import content_hash
 from engine.flow.model import Flow
+from engine.hashing import content_hash
 
 LABEL = re.compile(r"^[a-z][a-z0-9_]*$")  # the arm-name rule of experiments.yaml
 ADHOC_SCHEME = "experiment:v1:"
@@ -148,5 +148,5 @@ def adhoc_experiment(flow: Flow, arms: Sequence[Arm], seed: int) -> Experiment:
         hangup_outcomes=hangup,
         funnel=funnel,
         arms=tuple(ArmConfig(a.label, a.mode, weight, {}) for a in arms),
-        definition=content_hash(definition, scheme=ADHOC_SCHEME),
+        definition=content_hash(definition, ADHOC_SCHEME),
     )

@@ -18,14 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.errors import FlowProblem, FlowValidationError
-from engine.flow.loader import content_hash
+from engine.errors import FlowValidationError
 from engine.flow.model import Flow
-from engine.flow.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
+from engine.flow.problems import Problems
+from engine.hashing import content_hash
 from engine.simulation.utterances import Name, UtteranceBank, UtterancesFile
 
 PERSONAS_FILE = "personas.yaml"
@@ -176,49 +176,8 @@ class Population:
         return set(self.intents.model_dump().values()) | {m.intent for m in self.moves.values()}
 
 
-class _Problems:
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.items: list[FlowProblem] = []
-        self.located: dict[str, LocatedYaml] = {}
-
-    def add(self, file: str, loc: Loc, message: str, line: int | None = None) -> None:
-        located = self.located.get(file)
-        if line is None and located:
-            line = located.line_of(loc)
-        field = ".".join(str(part) for part in loc)
-        self.items.append(FlowProblem(str(self.folder / file), line, field, message))
-
-
-def _parse(folder: Path, name: str, model: type[BaseModel], problems: _Problems) -> Any:
-    path = folder / name
-    if not path.is_file():
-        problems.items.append(FlowProblem(str(path), None, "", "file is missing"))
-        return None
-    try:
-        located = load_located(path)
-    except YamlSyntaxError as exc:
-        problems.items.append(FlowProblem(str(path), exc.line, "", str(exc)))
-        return None
-    except UnicodeDecodeError as exc:
-        problems.items.append(FlowProblem(str(path), None, "", f"not UTF-8 text: {exc}"))
-        return None
-    problems.located[name] = located
-    for loc, line in located.duplicates:
-        problems.add(name, loc, "duplicate key (the earlier value would be overwritten)", line)
-    if not isinstance(located.data, dict):
-        problems.add(name, (), "the file must contain a mapping at the top level")
-        return None
-    try:
-        return model.model_validate(located.data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            problems.add(name, tuple(err["loc"]), err["msg"])
-    return None
-
-
 def _check(
-    flow: Flow, personas: PersonasFile, utterances: UtterancesFile | None, problems: _Problems
+    flow: Flow, personas: PersonasFile, utterances: UtterancesFile | None, problems: Problems
 ) -> dict[str, str]:
     """Cross-file rules; returns the act -> role map for the flow."""
     p, u = PERSONAS_FILE, UTTERANCES_FILE
@@ -282,9 +241,9 @@ def load_population(flow: Flow, folder: str | Path | None = None) -> Population:
     Raises :class:`FlowValidationError` listing every problem found in both files.
     """
     root = Path(folder) if folder is not None else flow.folder
-    problems = _Problems(root)
-    personas = _parse(root, PERSONAS_FILE, PersonasFile, problems)
-    utterances = _parse(root, UTTERANCES_FILE, UtterancesFile, problems)
+    problems = Problems(root)
+    personas = problems.read(PERSONAS_FILE, PersonasFile)
+    utterances = problems.read(UTTERANCES_FILE, UtterancesFile)
     roles: dict[str, str] = {}
     if personas is not None:
         roles = _check(flow, personas, utterances, problems)

@@ -2,7 +2,7 @@
 
 The A/A benchmark, the tests and the terminal summary need the paired outcomes of a run quickly
 and without building the full report; this reads the run's conversations and the stages they
-reached in two queries.
+reached (:func:`storage.runs.run_conversations`).
 """
 
 from __future__ import annotations
@@ -10,12 +10,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from engine.experiments import Experiment
 from engine.report.stats import Paired, mcnemar_paired
-from storage import Store
-from storage.models import Conversation, StageEvent
+from storage import Store, runs
 
 
 @dataclass(frozen=True)
@@ -32,36 +29,18 @@ class SimConversation:
 
 def run_conversations(store: Store, run_id: str) -> list[SimConversation]:
     """Every conversation of the run, ordered by customer then arm label."""
-    with store.transaction() as db:
-        rows = db.execute(
-            select(
-                Conversation.id,
-                Conversation.customer_id,
-                Conversation.arm,
-                Conversation.assignment,
-                Conversation.outcome,
-                Conversation.turn_count,
-            ).where(Conversation.run_id == run_id)
-        ).all()
-        reached: dict[str, set[str]] = defaultdict(set)
-        for conversation_id, stage in db.execute(
-            select(StageEvent.conversation_id, StageEvent.stage)
-            .join(Conversation, Conversation.id == StageEvent.conversation_id)
-            .where(Conversation.run_id == run_id)
-        ):
-            reached[conversation_id].add(stage)
     out = [
         SimConversation(
-            session_id=sid,
-            customer_id=customer,
-            arm=str((assignment or {}).get("arm", mode)),
-            mode=mode,
-            persona=((assignment or {}).get("simulation") or {}).get("persona"),
-            outcome=outcome,
-            turns=turns,
-            stages=frozenset(reached.get(sid, ())),
+            session_id=c.id,
+            customer_id=c.customer_id,
+            arm=str((c.assignment or {}).get("arm", c.arm)),
+            mode=c.arm,
+            persona=((c.assignment or {}).get("simulation") or {}).get("persona"),
+            outcome=c.outcome,
+            turns=c.turn_count,
+            stages=c.stages,
         )
-        for sid, customer, mode, assignment, outcome, turns in rows
+        for c in runs.run_conversations(store, run_id)
     ]
     return sorted(out, key=lambda c: (c.customer_id, c.arm))
 
@@ -72,17 +51,6 @@ def outcome_counts(conversations: list[SimConversation]) -> dict[str, Counter[st
     for c in conversations:
         counts[c.arm][c.outcome or "active"] += 1
     return dict(counts)
-
-
-def paired_success(
-    conversations: list[SimConversation], arms: tuple[str, str], success: str = "converted"
-) -> list[tuple[bool, bool]]:
-    """(success in arm A, success in arm B) per customer present in both arms."""
-    by_customer: dict[str, dict[str, bool]] = defaultdict(dict)
-    for c in conversations:
-        by_customer[c.customer_id][c.arm] = success in c.stages or c.outcome == success
-    a, b = arms
-    return [(v[a], v[b]) for _, v in sorted(by_customer.items()) if a in v and b in v]
 
 
 def rate(conversations: list[SimConversation], arm: str, success: str = "converted") -> float:

@@ -21,8 +21,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,23 +29,22 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-
 from engine.engine import Engine
 from engine.experiments import Experiment
+from engine.hashing import canonical_json, sha256_hex
 from engine.simulation.batching import RoundBatcher
 from engine.simulation.customer import SimulatedCustomer
 from engine.simulation.design import Arm, SimulationError
 from engine.simulation.personas import Population
-from storage.models import Conversation, SimulationRun, utcnow
+from storage import runs
 
 RUN_SCHEME = "simrun:v1:"
 SESSION_SCHEME = "simsession:v1:"
 
 
 def _digest(scheme: str, data: Any) -> str:
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256((scheme + canonical).encode("utf-8")).hexdigest()
+    """sha256 of the scheme followed by the canonical JSON (the tag is hashed, not prefixed)."""
+    return sha256_hex(scheme + canonical_json(data))
 
 
 def customer_id(seed: int, index: int) -> str:
@@ -161,7 +158,7 @@ class Simulation:
         stop = stop or threading.Event()
         started = time.perf_counter()
         run_id = self._open_run()
-        status = self._stored_status(run_id)
+        status = runs.conversation_status(self.engine.store, run_id)
         tasks = [(i, arm) for i in range(self.n) for arm in self.arms]
         total = len(tasks)
         finished_before = sum(1 for s in status.values() if s != "active")
@@ -217,10 +214,10 @@ class Simulation:
             except BaseException:  # a failed conversation, or Ctrl-C: stop cleanly, resumable
                 stop.set()
                 pool.shutdown(wait=True, cancel_futures=True)
-                self._close_run(run_id, "interrupted")
+                runs.close_run(self.engine.store, run_id, "interrupted")
                 raise
         interrupted = stop.is_set() and done < total
-        self._close_run(run_id, "interrupted" if interrupted else "finished")
+        runs.close_run(self.engine.store, run_id, "interrupted" if interrupted else "finished")
         return RunResult(
             run_id=run_id,
             total=total,
@@ -301,39 +298,16 @@ class Simulation:
     def _open_run(self) -> str:
         run_id = self.run_id
         assert run_id is not None
-        params = self.plan.params()
-        with self.engine.store.transaction() as db:
-            row = db.get(SimulationRun, run_id)
-            if row is None:
-                db.add(
-                    SimulationRun(
-                        id=run_id,
-                        flow_name=self.plan.flow_name,
-                        flow_version=self.plan.flow_version,
-                        params=params,
-                        status="running",
-                    )
-                )
-            elif row.params != params:
-                changed = sorted(k for k in params if row.params.get(k) != params[k])
-                raise SimulationError(
-                    f"run {run_id!r} already exists with different {', '.join(changed)}; "
-                    "choose another --run-id"
-                )
-            else:
-                row.status, row.finished_at = "running", None
+        changed = runs.open_run(
+            self.engine.store,
+            run_id,
+            flow_name=self.plan.flow_name,
+            flow_version=self.plan.flow_version,
+            params=self.plan.params(),
+        )
+        if changed:
+            raise SimulationError(
+                f"run {run_id!r} already exists with different {', '.join(changed)}; "
+                "choose another --run-id"
+            )
         return run_id
-
-    def _close_run(self, run_id: str, status: str) -> None:
-        with self.engine.store.transaction() as db:
-            row = db.get(SimulationRun, run_id)
-            if row is not None:
-                row.status = status
-                row.finished_at = utcnow() if status == "finished" else None
-
-    def _stored_status(self, run_id: str) -> dict[str, str]:
-        with self.engine.store.transaction() as db:
-            rows = db.execute(
-                select(Conversation.id, Conversation.status).where(Conversation.run_id == run_id)
-            ).all()
-        return {sid: status for sid, status in rows}

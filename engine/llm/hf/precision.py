@@ -52,10 +52,6 @@ class Precision:
         """The dtype weights are loaded in (int8 quantises an fp32 model after loading)."""
         return TORCH_DTYPES.get(self.name, torch.float32)
 
-    @property
-    def kv_dtype(self) -> torch.dtype:
-        return self.load_dtype
-
 
 def auto_precision_name(device: torch.device) -> str:
     """The fastest precision that keeps the model's quality on this device."""

@@ -1,0 +1,26 @@
+"""Set-up shared by the compliance benchmark scripts; import it before ``engine``.
+
+Puts the repository root on ``sys.path`` (the scripts run as ``python benchmarks/NAME.py``),
+keeps transformers off the network model hub and quiet, and sets torch's thread count.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def set_threads(count: int) -> None:
+    """torch intra-op threads (0: torch's default). On cores shared with other busy processes
+    one thread is often faster than two: no thread waits at every barrier for a descheduled peer."""
+    if count:
+        import torch
+
+        torch.set_num_threads(count)
