@@ -171,17 +171,7 @@ class Engine:
             raise MissingSlot(missing)
         resolved = {k: storable(str(v)) for k, v in known.items() if v is not None}
         started = self.clock()
-        snapshot = Snapshot(
-            id=session_id,
-            arm=arm_name,
-            stage=self.flow.start,
-            stage_turns=0,
-            turn_count=0,
-            status="active",
-            outcome=None,
-            slots=resolved,
-            history=(),
-        )
+        snapshot = Snapshot.opening(session_id, arm_name, self.flow.start, resolved)
         decision = entry(self.flow, self.flow.start, None, mode, "start")  # type: ignore[arg-type]
         planned = self._plan(snapshot, decision, None, None, started, {}, arm_flow)
         now = utcnow()

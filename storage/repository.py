@@ -54,6 +54,7 @@ POOL_SIZE = 5  # SQLAlchemy's default; size it to the threads that use the store
 POOL_RECYCLE_S = 1800  # replace pooled connections older than this (idle timeouts, failovers)
 READ_OPTION = "salesbot_read"  # execution option: a read-only connection (see make_engine)
 T = TypeVar("T")
+L = TypeVar("L", Turn, StageEvent, ComplianceDecision)
 
 _conversations = Conversation.__table__
 _turns = Turn.__table__
@@ -180,6 +181,11 @@ class Snapshot:
     slots: dict[str, Any]
     history: tuple[tuple[str | None, str], ...]  # (customer text, bot reply), oldest first
     assignment: dict[str, Any] | None = None  # the experiment record, when it was read too
+
+    @classmethod
+    def opening(cls, id: str, arm: str, stage: str, slots: dict[str, Any]) -> Snapshot:
+        """A session about to be opened: in its first stage, nothing said yet."""
+        return cls(id, arm, stage, 0, 0, "active", None, slots, ())
 
 
 StoredTurn = dict[str, Any]  # a turn's columns, as read back (its stage under ``stage``)
@@ -478,28 +484,16 @@ class Store:
             return conversation
 
     def turns(self, conversation_id: str) -> list[Turn]:
-        with self._sessions() as db:
-            query = (
-                select(Turn)
-                .where(Turn.conversation_id == conversation_id)
-                .order_by(Turn.turn_index)
-            )
-            return list(db.scalars(query))
+        return self._log(Turn, conversation_id, Turn.turn_index)
 
     def stage_events(self, conversation_id: str) -> list[StageEvent]:
-        with self._sessions() as db:
-            query = (
-                select(StageEvent)
-                .where(StageEvent.conversation_id == conversation_id)
-                .order_by(StageEvent.id)
-            )
-            return list(db.scalars(query))
+        return self._log(StageEvent, conversation_id, StageEvent.id)
 
     def compliance_decisions(self, conversation_id: str) -> list[ComplianceDecision]:
+        return self._log(ComplianceDecision, conversation_id, ComplianceDecision.id)
+
+    def _log(self, model: type[L], conversation_id: str, order: Any) -> list[L]:
+        """A conversation's rows of one append-only log table, in ``order``."""
         with self._sessions() as db:
-            query = (
-                select(ComplianceDecision)
-                .where(ComplianceDecision.conversation_id == conversation_id)
-                .order_by(ComplianceDecision.id)
-            )
+            query = select(model).where(model.conversation_id == conversation_id).order_by(order)
             return list(db.scalars(query))

@@ -52,11 +52,33 @@ class BatchStats:
     def mean_size(self) -> float:
         return self.requests / self.batches if self.batches else 0.0
 
+    def count(self, size: int) -> None:
+        self.batches += 1
+        self.requests += size
+        self.sizes.append(size)
+
 
 @dataclass
-class _Request:
+class Waiting:
+    """A caller's request and the future it waits on."""
+
     item: BatchItem
     future: Future
+
+
+def run_batch(inner: LLMBackend, batch: Sequence[Waiting], stats: BatchStats) -> None:
+    """Send ``batch`` to ``inner`` as one call and settle every caller's future. A failed
+    batch fails its callers (they fall back), never the thread that ran it."""
+    stats.count(len(batch))
+    try:
+        results = inner.generate_batch([waiting.item for waiting in batch])
+    except Exception as exc:
+        error = exc if isinstance(exc, BackendError) else BackendError(str(exc))
+        for waiting in batch:
+            waiting.future.set_exception(error)
+        return
+    for waiting, result in zip(batch, results, strict=True):
+        waiting.future.set_result(result)
 
 
 def check_can_batch(inner: LLMBackend, max_batch: int) -> None:
@@ -86,7 +108,7 @@ class BatchingBackend(BackendWrapper):
         self.max_wait_ms = max_wait_ms
         self.mixed_params = inner.can_mix_params if mixed_params is None else mixed_params
         self.stats = BatchStats()
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._queue: queue.Queue[Waiting | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -104,7 +126,7 @@ class BatchingBackend(BackendWrapper):
         cut = deadline.at - min(CUT_MARGIN_S, 0.1 * params.deadline_s)
         item = replace(request, deadline_at=cut)
         self._ensure_worker()
-        self._queue.put(_Request(item, future))
+        self._queue.put(Waiting(item, future))
         try:
             generation = future.result(timeout=deadline.left())
         except FutureTimeout:
@@ -139,7 +161,7 @@ class BatchingBackend(BackendWrapper):
                 self._worker = threading.Thread(target=self._run, name="llm-batching", daemon=True)
                 self._worker.start()
 
-    def _collect(self, first: _Request) -> list[_Request]:
+    def _collect(self, first: Waiting) -> list[Waiting]:
         batch = [first]
         until = time.perf_counter() + self.max_wait_ms / 1000
         while len(batch) < self.max_batch:
@@ -175,27 +197,16 @@ class BatchingBackend(BackendWrapper):
             for group in self._groups(live):
                 self._dispatch(group)
 
-    def _groups(self, requests: list[_Request]) -> list[list[_Request]]:
+    def _groups(self, requests: list[Waiting]) -> list[list[Waiting]]:
         if self.mixed_params:
             return [requests] if requests else []
-        groups: dict[GenerationParams, list[_Request]] = {}
+        groups: dict[GenerationParams, list[Waiting]] = {}
         for request in requests:
             groups.setdefault(request.item.params, []).append(request)
         return list(groups.values())
 
-    def _dispatch(self, group: list[_Request]) -> None:
-        self.stats.batches += 1
-        self.stats.requests += len(group)
-        self.stats.sizes.append(len(group))
-        try:
-            results = self.inner.generate_batch([r.item for r in group])
-        except Exception as exc:  # one failed batch fails its callers, never the worker
-            error = exc if isinstance(exc, BackendError) else BackendError(str(exc))
-            for request in group:
-                request.future.set_exception(error)
-            return
-        for request, result in zip(group, results, strict=True):
-            request.future.set_result(result)
+    def _dispatch(self, group: list[Waiting]) -> None:
+        run_batch(self.inner, group, self.stats)
 
     def _fail_waiting(self) -> None:
         while True:

@@ -34,11 +34,9 @@ from typing import Any
 
 import httpx
 
-from engine.flow.generation import GenerationParams
 from engine.llm.base import (
     BackendError,
     BatchItem,
-    ChatMessage,
     Deadline,
     DeadlineExceeded,
     Generation,
@@ -134,7 +132,7 @@ class OpenAIBackend(LLMBackend):
         left when the attempt started."""
         deadline = Deadline.start(request.params)
         self._check_breaker()
-        payload = {**self._payload(request.messages, request.params, request.seed), "stream": True}
+        payload = {**self._payload(request), "stream": True}
         attempt = 0
         while True:
             left = self._time_left(deadline)
@@ -164,12 +162,11 @@ class OpenAIBackend(LLMBackend):
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _payload(
-        self, messages: Sequence[ChatMessage], params: GenerationParams, seed: int | None
-    ) -> dict[str, Any]:
+    def _payload(self, request: BatchItem) -> dict[str, Any]:
+        params, seed = request.params, request.seed
         payload: dict[str, Any] = {
             "model": self.model,
-            "messages": list(messages),
+            "messages": list(request.messages),
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature if params.do_sample else 0.0,
             "top_p": params.top_p if params.do_sample else 1.0,
@@ -194,7 +191,7 @@ class OpenAIBackend(LLMBackend):
     def _submit(self, request: BatchItem, deadline: Deadline) -> tuple[Future, threading.Event]:
         self._check_breaker()
         cancel = threading.Event()
-        payload = self._payload(request.messages, request.params, request.seed)
+        payload = self._payload(request)
         return self._pool.submit(self._complete, payload, deadline, cancel), cancel
 
     def _wait(self, submitted: tuple[Future, threading.Event], deadline: Deadline) -> Generation:

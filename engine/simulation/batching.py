@@ -46,7 +46,7 @@ from dataclasses import dataclass, replace
 
 from engine.flow.generation import GenerationParams
 from engine.llm.base import BackendError, BackendWrapper, BatchItem, Generation, LLMBackend
-from engine.llm.batching import BatchStats, check_can_batch
+from engine.llm.batching import BatchStats, Waiting, check_can_batch, run_batch
 
 SIMULATION_DEADLINE_S = 86_400.0  # set on a copy; GenerationParams caps what flows may declare
 ROUND_STALL_S = 30.0  # an incomplete round, with no batch running, is sent after this long
@@ -58,9 +58,7 @@ class RoundStats(BatchStats):
 
 
 @dataclass
-class _Request:
-    item: BatchItem
-    future: Future
+class _Request(Waiting):
     arrival: int  # tie-break for requests without a session key
 
 
@@ -165,19 +163,7 @@ class RoundBatcher(BackendWrapper):
 
     def _run_chunks(self, ready: list[_Request]) -> None:
         for start in range(0, len(ready), self.max_batch):
-            chunk = ready[start : start + self.max_batch]
-            self.stats.batches += 1
-            self.stats.requests += len(chunk)
-            self.stats.sizes.append(len(chunk))
-            try:
-                results = self.inner.generate_batch([r.item for r in chunk])
-            except Exception as exc:  # a failed batch fails its callers (they fall back)
-                error = exc if isinstance(exc, BackendError) else BackendError(str(exc))
-                for request in chunk:
-                    request.future.set_exception(error)
-                continue
-            for request, result in zip(chunk, results, strict=True):
-                request.future.set_result(result)
+            run_batch(self.inner, ready[start : start + self.max_batch], self.stats)
 
 
 class BatchOnly(BackendWrapper):

@@ -11,9 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
-down_revision = "0002"
-branch_labels = None
-depends_on = None
+down_revision = "0002"  # no branch labels, no dependencies
 
 
 def upgrade() -> None:
