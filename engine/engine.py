@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from engine.compliance import ComplianceFilter, ComplianceResult, create_embedder
 from engine.drafting import draft_reply
-from engine.errors import ConcurrentTurns, MissingSlot, SessionEnded
+from engine.errors import ConcurrentTurns, IdempotencyKeyReused, MissingSlot, SessionEnded
 from engine.experiments import Assignment, Experiment, apply_overrides, resolve_arm
 from engine.experiments import load_experiments as _load_experiments
 from engine.flow.loader import load_flow
@@ -201,8 +201,8 @@ class Engine:
             if idempotency_key is None:
                 raise
             opened, stored = self.store.read_turn(session_id, idempotency_key, 0)
-            if stored is None:
-                raise  # the session exists, opened without this key: its id was taken
+            if stored is None:  # the session exists, but another request opened it
+                raise IdempotencyKeyReused(idempotency_key) from None
             return self._replayed(opened, stored, idempotency_key, request)
         self._remember_arm(snapshot.id, (mode, arm_flow))
         return planned.reply

@@ -282,6 +282,11 @@ def test_a_start_key_opens_one_session_and_refuses_another_request(db_url):
     with pytest.raises(IdempotencyKeyReused):
         engine.turn(first.session_id, "yes", idempotency_key="open-1")
     assert stored_rows(engine, first.session_id) == before
+    # A key naming a session that another request opened is no retry of that request.
+    taken = engine.start("cust-14", {"customer_name": "Alex"}).session_id
+    with pytest.raises(IdempotencyKeyReused, match="'open-2'"):
+        engine.start("cust-14", {"customer_name": "Al"}, session_id=taken, idempotency_key="open-2")
+    assert len(engine.transcript(taken)) == 1
 
 
 def test_a_key_on_another_session_never_returns_the_first_sessions_reply(db_url):
