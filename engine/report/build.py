@@ -13,10 +13,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from engine import stats
 from engine.errors import SalesbotError
 from engine.experiments import MODES
-from engine.report import health
+from engine.report import health, stats
 from engine.report.model import (
     ArmSummary,
     Comparison,
