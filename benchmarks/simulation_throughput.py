@@ -72,7 +72,7 @@ def main() -> None:
                 f"{per_minute:.1f} | {drafts:.1f} | {stats.mean_size:.1f} |"
             )
             print(rows[-1], flush=True)
-            getattr(backend, "close", lambda: None)()
+            backend.close()
         (conv_b, drafts_b), (conv_u, drafts_u) = measured["batched"], measured["unbatched"]
         rows.append(
             f"| {arm} | ratio | | | | {conv_b / conv_u:.1f}x | {drafts_b / drafts_u:.1f}x | |"

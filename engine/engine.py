@@ -27,25 +27,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from engine.compliance import ComplianceFilter, ComplianceResult, create_embedder
-from engine.compliance.early_stop import streamed_reply
-from engine.errors import ConcurrentTurns, SessionEnded
+from engine.drafting import draft_reply
+from engine.errors import ConcurrentTurns, IdempotencyKeyReused, SessionEnded
 from engine.experiments import Assignment, Experiment, apply_overrides, resolve_arm
 from engine.experiments import load_experiments as _load_experiments
 from engine.flow.classifier import flow_classifier
 from engine.flow.loader import load_flow
 from engine.flow.model import Flow
 from engine.flow.slots import resolve_slots
-from engine.llm import BackendError, LLMBackend, create_backend
+from engine.idempotency import check_retry, derived_session_id, fingerprint
+from engine.llm import LLMBackend, create_backend
 from engine.llm.prompt import build_messages
 from engine.policy import Arm, Decision, ReplyPlan, decide, entry
-from engine.reply import Reply
+from engine.reply import Reply, reply_from_row
 from engine.session_locks import SessionLocks
 from engine.text import storable
 from intents import IntentClassifier, IntentPrediction
 from storage import Store
 from storage.models import StageEvent, Turn, utcnow
-from storage.repository import Snapshot, reply_from_row
+from storage.repository import Snapshot, StoredTurn
 
 MAX_ATTEMPTS = 5  # optimistic-concurrency retries before giving up on a contended session
 HISTORY_TURNS = 12  # earlier turns read for the LLM prompt (it keeps 6 to 11, see llm.prompt)
@@ -125,6 +128,7 @@ class Engine:
         experiment: str | None = None,
         assignment: Assignment | Mapping[str, Any] | None = None,
         run_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Reply:
         """Open a conversation and return the bot's opening line.
 
@@ -132,8 +136,19 @@ class Engine:
         ``experiment`` loaded from experiments.yaml the arm is assigned by hash of the unit
         (``arm`` then forces one), or taken from a precomputed ``assignment``; the record is
         stored once, on the conversation.
+
+        With an ``idempotency_key`` (the session id is then derived from it unless given), a
+        retried start returns the opening reply stored the first time and writes nothing; the
+        same key with another request raises :class:`~engine.errors.IdempotencyKeyReused`.
         """
-        session_id = session_id or uuid.uuid4().hex
+        if session_id is None:
+            keyed = idempotency_key is not None
+            session_id = derived_session_id(idempotency_key) if keyed else uuid.uuid4().hex
+        request = None
+        if idempotency_key is not None:
+            body = dict(customer_id=str(customer_id), slots=dict(slots or {}), arm=arm,
+                        experiment=experiment, assignment=assignment, run_id=run_id)  # fmt: skip
+            request = fingerprint("start", session_id, body)
         arm_name, mode, record = resolve_arm(
             self.experiments,
             customer_id=str(customer_id),
@@ -146,17 +161,7 @@ class Engine:
         arm_flow = self._arm_flow(record)
         resolved = resolve_slots(self.flow, slots)  # typed, hard rules: MissingSlot/InvalidSlot
         started = self.clock()
-        snapshot = Snapshot(
-            id=session_id,
-            arm=arm_name,
-            stage=self.flow.start,
-            stage_turns=0,
-            turn_count=0,
-            status="active",
-            outcome=None,
-            slots=resolved,
-            history=(),
-        )
+        snapshot = Snapshot.opening(session_id, arm_name, self.flow.start, resolved)
         decision = entry(self.flow, self.flow.start, None, mode, "start")  # type: ignore[arg-type]
         planned = self._plan(snapshot, decision, None, None, started, {}, arm_flow)
         now = utcnow()
@@ -177,7 +182,18 @@ class Engine:
             "ended_at": None,
             **self._changes(planned),
         }
-        self.store.create_conversation(conversation, planned.turn, planned.events, planned.audit)
+        planned.turn.update(idempotency_key=idempotency_key, request_hash=request)
+        try:
+            self.store.create_conversation(
+                conversation, planned.turn, planned.events, planned.audit
+            )
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            opened, stored = self.store.read_turn(session_id, idempotency_key, 0)
+            if stored is None:  # the session exists, but another request opened it
+                raise IdempotencyKeyReused(idempotency_key) from None
+            return self._replayed(opened, stored, idempotency_key, request)
         self._remember_arm(snapshot.id, (mode, arm_flow))
         return planned.reply
 
@@ -185,13 +201,17 @@ class Engine:
         """Handle one thing the caller said and return the bot's reply.
 
         With an ``idempotency_key``, a retried request returns the reply stored the first time
-        and writes nothing new.
+        and writes nothing new; the same key with another text raises
+        :class:`~engine.errors.IdempotencyKeyReused`.
         """
+        request = None
+        if idempotency_key is not None:
+            request = fingerprint("turn", session_id, {"text": text})
         for _ in range(MAX_ATTEMPTS):
             with self._session_locks.hold(session_id):
                 snapshot, stored = self.store.read_turn(session_id, idempotency_key, HISTORY_TURNS)
                 if stored is not None:
-                    return stored
+                    return self._replayed(snapshot, stored, idempotency_key, request)
                 if snapshot.status != "active":
                     raise SessionEnded(session_id, snapshot.outcome)
                 started = self.clock()
@@ -204,7 +224,7 @@ class Engine:
                 planned = self._plan(
                     snapshot, decision, text, prediction, started, latencies, arm_flow
                 )
-                planned.turn["idempotency_key"] = idempotency_key
+                planned.turn.update(idempotency_key=idempotency_key, request_hash=request)
                 written = self.store.write_turn(
                     session_id,
                     snapshot.turn_count,
@@ -220,9 +240,7 @@ class Engine:
 
     def end(self, session_id: str, reason: str = "hangup") -> None:
         """End a conversation (the caller hung up, the agent transferred, ...). Idempotent."""
-        release = getattr(self.backend, "release", None)
-        if release is not None:
-            release(session_id)  # free the session's cached prompt (KV cache) in the backend
+        self.backend.release(session_id)  # free the session's cached prompt (KV cache)
         with self.store.locked(session_id) as (db, conversation):
             if conversation.status != "active":
                 return
@@ -246,6 +264,16 @@ class Engine:
         return self.store.turns(session_id)
 
     # -- one turn's work ----------------------------------------------------------------------
+
+    @staticmethod
+    def _replayed(
+        snapshot: Snapshot, stored: StoredTurn, key: str | None, request: str | None
+    ) -> Reply:
+        """A retried request's stored reply (IdempotencyKeyReused if the request differs)."""
+        assert key is not None
+        check_retry(stored, key, request)
+        ended = snapshot.status != "active" and snapshot.turn_count == stored["turn_index"]
+        return reply_from_row(stored, snapshot.outcome if ended else None, replayed=True)
 
     def _arm_flow(self, record: Mapping[str, Any]) -> Flow:
         """The flow an arm runs: the base flow with the assignment's overrides applied."""
@@ -322,6 +350,7 @@ class Engine:
             "variant": result.variant if result else None,
             "latencies": latencies,
             "idempotency_key": None,
+            "request_hash": None,
             "created_at": now,
         }
         events = [
@@ -377,32 +406,14 @@ class Engine:
         arm_flow: Flow | None = None,
     ) -> tuple[str | None, ComplianceResult, str | None]:
         stage = (arm_flow or self.flow).stages[plan.stage]  # an arm may override its parameters
-        policy = stage.compliance
-        assert policy is not None and stage.generation is not None
         slots = dict(snapshot.slots)
         earlier = max(0, snapshot.turn_count + 1 - len(snapshot.history))  # turns not read
         messages = build_messages(self.flow, stage, snapshot.history, slots, text, earlier)
-        early_stop = (arm_flow or self.flow).early_stop
-        if early_stop and policy.mode == "strict" and hasattr(self.backend, "stream"):
-            return streamed_reply(
-                self.backend, self.compliance, messages, stage.generation, plan.stage, policy,
-                snapshot.id, slots, latencies, stable_checks=early_stop, clock=self.clock,
-                seed=draft_seed(snapshot),
-            )  # fmt: skip
-        before = self.clock()
-        try:
-            # The backend enforces stage.generation.deadline_s and raises BackendError past it.
-            generation = self.backend.generate(
-                messages, stage.generation, seed=draft_seed(snapshot), session_key=snapshot.id
-            )
-        except BackendError as exc:
-            latencies["generate_ms"] = (self.clock() - before) * 1000
-            return None, self.compliance.fallback(plan.stage, policy, snapshot.id, slots), str(exc)
-        latencies["generate_ms"] = (self.clock() - before) * 1000
-        before = self.clock()
-        result = self.compliance.check(generation.text, plan.stage, policy, snapshot.id, slots)
-        latencies["compliance_ms"] = (self.clock() - before) * 1000
-        return generation.text, result, None
+        return draft_reply(
+            self.backend, self.compliance, messages, stage, slots, latencies,
+            session_key=snapshot.id, seed=draft_seed(snapshot),
+            early_stop=(arm_flow or self.flow).early_stop, clock=self.clock,
+        )  # fmt: skip
 
 
 def _flow_backend(flow: Flow, name: str | None, options: Mapping[str, Any] | None) -> LLMBackend:
@@ -412,9 +423,7 @@ def _flow_backend(flow: Flow, name: str | None, options: Mapping[str, Any] | Non
         backend = create_backend(flow.backend, **{**flow.backend_options, **dict(options or {})})
     else:
         backend = create_backend(name, **dict(options or {}))
-    load = getattr(backend, "load", None)
-    if callable(load):
-        load()
+    backend.load()
     return backend
 
 

@@ -67,3 +67,14 @@ class ConcurrentTurns(SalesbotError):
         super().__init__(
             f"session {session_id!r} kept changing while a turn was computed; retry the turn"
         )
+
+
+class IdempotencyKeyReused(SalesbotError):
+    """An idempotency key came back with a different request: a client bug, not a retry."""
+
+    def __init__(self, key: str):
+        self.key = key
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used for a different request "
+            "(another body or another session); send a new key for a new request"
+        )

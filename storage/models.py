@@ -100,6 +100,7 @@ class Turn(Base):
     variant: Mapped[str | None] = mapped_column(String(120))
     latencies: Mapped[dict[str, Any]] = mapped_column(default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))  # of the keyed request
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -46,7 +46,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from engine.errors import SessionEnded, SessionNotFound
-from engine.reply import Reply
 from storage import migrate
 from storage.models import ComplianceDecision, Conversation, StageEvent, Turn
 
@@ -55,7 +54,7 @@ POOL_SIZE = 5  # SQLAlchemy's default; size it to the threads that use the store
 POOL_RECYCLE_S = 1800  # replace pooled connections older than this (idle timeouts, failovers)
 READ_OPTION = "salesbot_read"  # execution option: a read-only connection (see make_engine)
 T = TypeVar("T")
-R = TypeVar("R", Turn, StageEvent, ComplianceDecision)
+L = TypeVar("L", Turn, StageEvent, ComplianceDecision)
 
 _conversations = Conversation.__table__
 _turns = Turn.__table__
@@ -85,6 +84,7 @@ _TURN_COLUMNS = (
     _turns.c.variant,
     _turns.c.latencies,
     _turns.c.idempotency_key,
+    _turns.c.request_hash,
 )
 
 
@@ -182,44 +182,13 @@ class Snapshot:
     history: tuple[tuple[str | None, str], ...]  # (customer text, bot reply), oldest first
     assignment: dict[str, Any] | None = None  # the experiment record, when it was read too
 
-
-def reply_from_turn(turn: Turn, outcome: str | None) -> Reply:
-    """The Reply a stored turn stands for; ``outcome`` is set when that turn ended the call."""
-    return Reply(
-        session_id=turn.conversation_id,
-        turn_index=turn.turn_index,
-        text=turn.reply_text,
-        script_id=turn.script_id,
-        stage=turn.stage,
-        source=turn.source,
-        intent=turn.intent,
-        confidence=turn.confidence,
-        margin=turn.margin,
-        variant=turn.variant,
-        ended=outcome is not None,
-        outcome=outcome,
-        latencies_ms=dict(turn.latencies),
-    )
+    @classmethod
+    def opening(cls, id: str, arm: str, stage: str, slots: dict[str, Any]) -> Snapshot:
+        """A session about to be opened: in its first stage, nothing said yet."""
+        return cls(id, arm, stage, 0, 0, "active", None, slots, ())
 
 
-def reply_from_row(row: Mapping[str, Any], outcome: str | None) -> Reply:
-    """The Reply of a turn given as a mapping of ``turns`` columns (a row about to be
-    inserted, or one read by :meth:`Store.read_turn`, whose stage is ``turn_stage``)."""
-    return Reply(
-        session_id=row["conversation_id"],
-        turn_index=row["turn_index"],
-        text=row["reply_text"],
-        script_id=row["script_id"],
-        stage=row["stage"] if "stage" in row else row["turn_stage"],
-        source=row["source"],
-        intent=row["intent"],
-        confidence=row["confidence"],
-        margin=row["margin"],
-        variant=row["variant"],
-        ended=outcome is not None,
-        outcome=outcome,
-        latencies_ms=dict(row["latencies"] or {}),
-    )
+StoredTurn = dict[str, Any]  # a turn's columns, as read back (its stage under ``stage``)
 
 
 def _is_disconnect(exc: BaseException) -> bool:
@@ -347,8 +316,8 @@ class Store:
 
     def read_turn(
         self, conversation_id: str, idempotency_key: str | None, history: int = 8
-    ) -> tuple[Snapshot, Reply | None]:
-        """The session's snapshot and, if ``idempotency_key`` names a stored turn, its reply.
+    ) -> tuple[Snapshot, StoredTurn | None]:
+        """The session's snapshot and, if ``idempotency_key`` names a stored turn, that turn.
 
         One statement: the conversation row joined with its last ``history`` turns and the
         turn carrying the key, so both are one consistent snapshot.
@@ -364,15 +333,15 @@ class Store:
         if not rows:
             raise SessionNotFound(conversation_id)
         first = rows[0]
-        stored: Reply | None = None
+        stored: StoredTurn | None = None
         turns = []
         for row in rows:
             if row.turn_index is None:
                 continue  # a conversation without turns (outer join)
             if idempotency_key is not None and row.idempotency_key == idempotency_key:
-                ended = first.status != "active" and first.turn_count == row.turn_index
-                mapping = {**row._mapping, "conversation_id": conversation_id}
-                stored = reply_from_row(mapping, first.outcome if ended else None)
+                stored = {column.name: row._mapping[column.name] for column in _TURN_COLUMNS}
+                stored["stage"] = stored.pop("turn_stage")
+                stored["conversation_id"] = conversation_id
             if row.turn_index > first.turn_count - history:
                 turns.append((row.user_text, row.reply_text))
         snapshot = Snapshot(
@@ -526,56 +495,17 @@ class Store:
                 raise SessionNotFound(conversation_id)
             return conversation
 
-    def snapshot(self, conversation_id: str, history: int = 8) -> Snapshot:
-        with self._sessions() as db:
-            c = db.get(Conversation, conversation_id)
-            if c is None:
-                raise SessionNotFound(conversation_id)
-            recent = db.execute(
-                select(Turn.user_text, Turn.reply_text)
-                .where(Turn.conversation_id == conversation_id)
-                .order_by(Turn.turn_index.desc())
-                .limit(history)
-            ).all()
-            return Snapshot(
-                id=c.id,
-                arm=c.arm,
-                stage=c.stage,
-                stage_turns=c.stage_turns,
-                turn_count=c.turn_count,
-                status=c.status,
-                outcome=c.outcome,
-                slots=dict(c.slots),
-                history=tuple((u, r) for u, r in reversed(recent)),
-            )
-
-    def reply_for_key(self, conversation_id: str, idempotency_key: str) -> Reply | None:
-        """The reply already stored for this idempotency key, if the turn was written."""
-        with self._sessions() as db:
-            row = db.scalars(
-                select(Turn).where(
-                    Turn.conversation_id == conversation_id,
-                    Turn.idempotency_key == idempotency_key,
-                )
-            ).one_or_none()
-            if row is None:
-                return None
-            c = db.get(Conversation, conversation_id)
-            assert c is not None
-            ended = c.status != "active" and c.turn_count == row.turn_index
-            return reply_from_turn(row, outcome=c.outcome if ended else None)
-
     def turns(self, conversation_id: str) -> list[Turn]:
-        return self._rows(Turn, conversation_id, Turn.turn_index)
+        return self._log(Turn, conversation_id, Turn.turn_index)
 
     def stage_events(self, conversation_id: str) -> list[StageEvent]:
-        return self._rows(StageEvent, conversation_id, StageEvent.id)
+        return self._log(StageEvent, conversation_id, StageEvent.id)
 
     def compliance_decisions(self, conversation_id: str) -> list[ComplianceDecision]:
-        return self._rows(ComplianceDecision, conversation_id, ComplianceDecision.id)
+        return self._log(ComplianceDecision, conversation_id, ComplianceDecision.id)
 
-    def _rows(self, model: type[R], conversation_id: str, order: Any) -> list[R]:
-        """The conversation's rows of a per-conversation table, in ``order``."""
+    def _log(self, model: type[L], conversation_id: str, order: Any) -> list[L]:
+        """A conversation's rows of one append-only log table, in ``order``."""
         with self._sessions() as db:
             query = select(model).where(model.conversation_id == conversation_id).order_by(order)
             return list(db.scalars(query))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import deque
 
 from engine.flow.generation import GenerationParams
-from engine.llm.base import BackendError, ChatMessage, Generation
+from engine.llm.base import BackendError, BatchItem, ChatMessage, Generation, LLMBackend
 
 
-class FakeBackend:
+class FakeBackend(LLMBackend):
     """Returns queued replies in order (or ``default``); records every prompt it was given.
 
     Queue an exception instance to make that call fail like a broken backend.
@@ -26,18 +26,9 @@ class FakeBackend:
         self.queue.extend(items)
         return self
 
-    def load(self) -> None:
-        pass
-
-    def generate(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Generation:
-        self.history.append((messages, params))
-        self.seeds.append(seed)
+    def _generate(self, request: BatchItem) -> Generation:
+        self.history.append((list(request.messages), request.params))
+        self.seeds.append(request.seed)
         item = self.queue.popleft() if self.queue else self.default
         if isinstance(item, Exception):
             if isinstance(item, BackendError):

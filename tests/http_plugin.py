@@ -10,30 +10,20 @@ from __future__ import annotations
 
 import time
 
-from engine.flow.generation import GenerationParams
-from engine.llm import BackendError, ChatMessage, Generation, register_backend
+from engine.llm import BackendError, BatchItem, Generation, LLMBackend, register_backend
 
 APPROVED = "Our faster plan gives you 500 megabits for eight pounds more a month."
 
 
-class CallerDrivenBackend:
+class CallerDrivenBackend(LLMBackend):
     name = "scripted-fake"
 
     def __init__(self, reply: str = APPROVED, slow_s: float | str = 2.0):
         self.reply = reply
         self.slow_s = float(slow_s)
 
-    def load(self) -> None:
-        pass
-
-    def generate(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Generation:
-        said = messages[-1]["content"] if messages else ""
+    def _generate(self, request: BatchItem) -> Generation:
+        said = request.messages[-1]["content"] if request.messages else ""
         if "[down]" in said:
             raise BackendError("scripted-fake: backend down")
         if "[slow]" in said:

@@ -13,7 +13,7 @@ from engine.compliance.embedders import CharNgramEmbedder
 from engine.engine import Engine
 from engine.flow.generation import GenerationParams
 from engine.flow.loader import load_flow
-from engine.llm.base import BackendError, ChatMessage
+from engine.llm.base import BackendError, BatchItem
 from intents import load_or_train
 from storage import Store
 from tests.fakes import FakeBackend
@@ -37,21 +37,17 @@ class StreamingFakeBackend(FakeBackend):
     the stream fail with a BackendError after ``n`` chunks.
     """
 
+    can_stream = True
+
     def __init__(self, default: str = ""):
         super().__init__(default)
         self.streams: list[dict] = []
 
-    def stream(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Iterator[str]:
-        self.history.append((messages, params))
+    def _stream(self, request: BatchItem) -> Iterator[str]:
+        self.history.append((list(request.messages), request.params))
         item = self.queue.popleft() if self.queue else self.default
         text, fail_after = item if isinstance(item, tuple) else (item, None)
-        record = {"sent": 0, "closed_early": False, "session_key": session_key}
+        record = {"sent": 0, "closed_early": False, "session_key": request.session_key}
         self.streams.append(record)
         return self._chunks(text.split(" "), fail_after, record)
 

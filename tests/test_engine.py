@@ -9,7 +9,7 @@ import pytest
 from engine.compliance import ComplianceFilter
 from engine.compliance.embedders import CharNgramEmbedder
 from engine.engine import Engine, draft_seed
-from engine.errors import MissingSlot, SessionEnded, SessionNotFound
+from engine.errors import IdempotencyKeyReused, MissingSlot, SessionEnded, SessionNotFound
 from engine.flow.loader import load_flow
 from intents import load_or_train
 from storage import Store
@@ -251,3 +251,67 @@ def test_idempotency_key_returns_the_stored_reply_and_writes_nothing(db_url):
     assert len(engine.backend.history) == 1  # the retry did not generate again
     other = engine.turn(session, "", idempotency_key="req-2")
     assert other.turn_index == 2
+
+
+def stored_rows(engine: Engine, session: str) -> tuple[int, int, int]:
+    """(turns, stage events, compliance decisions) stored for the session."""
+    return (
+        len(engine.store.turns(session)),
+        len(engine.store.stage_events(session)),
+        len(engine.store.compliance_decisions(session)),
+    )
+
+
+def test_a_turn_key_reused_with_another_text_is_refused_and_writes_nothing(db_url):
+    engine = make_engine(db_url, FakeBackend(default="faster plan for eight pounds"))
+    session = engine.start("cust-13", {"customer_name": "Alex"}).session_id
+    first = engine.turn(session, "yes", idempotency_key="req-1")
+    before = stored_rows(engine, session)
+    with pytest.raises(IdempotencyKeyReused, match="'req-1'") as refused:
+        engine.turn(session, "no thanks", idempotency_key="req-1")
+    assert refused.value.key == "req-1"
+    assert stored_rows(engine, session) == before
+    assert len(engine.backend.history) == 1  # nothing was generated for the reused key
+    retry = engine.turn(session, "yes", idempotency_key="req-1")  # a true retry still works
+    assert (retry.turn_index, retry.text, retry.replayed) == (first.turn_index, first.text, True)
+    assert not first.replayed
+    assert stored_rows(engine, session) == before
+
+
+def test_a_start_key_opens_one_session_and_refuses_another_request(db_url):
+    engine = make_engine(db_url)
+    first = engine.start("cust-14", {"customer_name": "Alex"}, idempotency_key="open-1")
+    before = stored_rows(engine, first.session_id)
+    retry = engine.start("cust-14", {"customer_name": "Alex"}, idempotency_key="open-1")
+    assert dataclasses.replace(retry, replayed=False) == first and retry.replayed
+    assert stored_rows(engine, first.session_id) == before
+    for changed in (
+        {"customer_id": "someone-else"},
+        {"slots": {"customer_name": "Sam"}},
+        {"arm": "pure_llm"},
+    ):
+        request = {"customer_id": "cust-14", "slots": {"customer_name": "Alex"}} | changed
+        with pytest.raises(IdempotencyKeyReused, match="'open-1'"):
+            engine.start(**request, idempotency_key="open-1")
+    assert stored_rows(engine, first.session_id) == before
+    # The same key for a turn of the session it opened is another request too.
+    with pytest.raises(IdempotencyKeyReused):
+        engine.turn(first.session_id, "yes", idempotency_key="open-1")
+    assert stored_rows(engine, first.session_id) == before
+    # A key naming a session that another request opened is no retry of that request.
+    taken = engine.start("cust-14", {"customer_name": "Alex"}).session_id
+    with pytest.raises(IdempotencyKeyReused, match="'open-2'"):
+        engine.start("cust-14", {"customer_name": "Al"}, session_id=taken, idempotency_key="open-2")
+    assert len(engine.transcript(taken)) == 1
+
+
+def test_a_key_on_another_session_never_returns_the_first_sessions_reply(db_url):
+    """Turn keys are scoped to their session (the session is part of the request's URL): the
+    key on another session is that session's own request, not a retry of the first."""
+    engine = make_engine(db_url, FakeBackend(default="faster plan for eight pounds"))
+    one = engine.start("cust-15", {"customer_name": "Alex"}).session_id
+    two = engine.start("cust-16", {"customer_name": "Alex"}).session_id
+    first = engine.turn(one, "yes", idempotency_key="req-1")
+    other = engine.turn(two, "yes", idempotency_key="req-1")
+    assert (first.session_id, other.session_id) == (one, two)
+    assert not other.replayed and len(engine.backend.history) == 2

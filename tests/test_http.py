@@ -168,7 +168,26 @@ def test_retried_start_opens_one_session(client, db_path):
     other = client.post(
         "/v1/sessions", json={**body, "customer_id": "someone-else"}, headers=headers
     )
-    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_conflict"
+    # issue 17: a key reused for another request is refused with 422 (was 409), naming the key
+    assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
+    assert "start-abc" in other.json()["error"]["message"]
+    assert rows(db_path) == before
+
+
+def test_a_turn_key_reused_with_another_body_is_refused(client, db_path):
+    session = start(client, "cust-reuse")["session_id"]
+    headers = {"Idempotency-Key": "turn-reused-1"}
+    url = f"/v1/sessions/{session}/turns"
+    first = client.post(url, json={"text": "yes"}, headers=headers)
+    before = rows(db_path)
+    reused = client.post(url, json={"text": "no thanks"}, headers=headers)
+    assert reused.status_code == 422, reused.text
+    error = reused.json()["error"]
+    assert error["code"] == "idempotency_key_reused" and "turn-reused-1" in error["message"]
+    assert error["details"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert rows(db_path) == before
+    retry = client.post(url, json={"text": "yes"}, headers=headers)
+    assert retry.status_code == 200 and retry.json() == first.json()
     assert rows(db_path) == before
 
 

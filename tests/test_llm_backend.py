@@ -10,7 +10,7 @@ import torch
 
 from engine.errors import SalesbotError
 from engine.flow.generation import GenerationParams
-from engine.llm import BackendError, BatchingBackend, DeadlineExceeded, create_backend
+from engine.llm import BackendError, BatchingBackend, DeadlineExceeded, LLMBackend, create_backend
 from engine.llm.hf.backend import TransformersBackend
 from engine.llm.hf.decoder import Decoder, DecodeRow
 from engine.llm.hf.kv_cache import SessionKVCache
@@ -184,10 +184,11 @@ def test_registry_validates_options_and_wraps_in_batching():
 # -- BatchingBackend: many threads, one forward pass ---------------------------------------------
 
 
-class Recording:
+class Recording(LLMBackend):
     """Delegates to a real backend and records the batches it was given."""
 
     name = "recording"
+    can_batch = True
 
     def __init__(self, inner):
         self.inner = inner

@@ -316,6 +316,8 @@ def test_an_interrupted_run_resumes_to_the_same_results(parts, baseline, db_url)
 class JitteryBatches(Drafts):
     """Drafts in batches, each taking a random time, recording which sessions shared one."""
 
+    can_batch = True
+
     def __init__(self, flow, seed: int):
         super().__init__(flow)
         self.random = random.Random(seed)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from engine.flow.generation import GenerationParams
-from engine.llm.base import BackendError, BatchItem, Generation
+from engine.llm.base import BackendError, BatchItem, Generation, LLMBackend
 from engine.simulation.batching import (
     SIMULATION_DEADLINE_S,
     BatchOnly,
@@ -21,10 +21,11 @@ PARAMS = GenerationParams(max_new_tokens=8)
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
-class Recording:
+class Recording(LLMBackend):
     """A batch backend that records each batch's session keys and echoes them back."""
 
     name = "recording"
+    can_batch = True
 
     def __init__(self, fail: bool = False):
         self.batches: list[list[str | None]] = []
@@ -123,7 +124,9 @@ def test_drafts_have_no_live_deadline_and_keep_their_seed():
 def test_a_backend_that_cannot_batch_is_called_directly_without_streaming():
     fake = FakeBackend("hi")
     wrapped = simulation_backend(fake, max_batch=8)
-    assert isinstance(wrapped, BatchOnly) and not hasattr(wrapped, "stream")
+    assert isinstance(wrapped, BatchOnly) and not wrapped.can_stream
+    with pytest.raises(BackendError, match="cannot stream"):
+        wrapped.stream(MESSAGES, PARAMS)
     assert wrapped.generate(MESSAGES, PARAMS).text == "hi"
     assert fake.history[0][1].deadline_s == SIMULATION_DEADLINE_S
     assert isinstance(simulation_backend(Recording(), max_batch=8), RoundBatcher)

@@ -161,8 +161,7 @@ def simulate(
         with console.status("Loading classifier, embedder and LLM..."):
             llm = build_backend(backend, flow, batch, concurrency or 2 * batch)
             engine = Engine.from_flow_dir(flow_dir, db, backend=llm, embedder_name=embedder)
-            if hasattr(llm, "load"):
-                llm.load()
+            llm.load()
         simulation = Simulation(
             engine, population, spec, chosen, n=n, seed=seed,
             concurrency=concurrency or 2 * batch, run_id=run_id,

@@ -10,6 +10,8 @@ the text generated. Defaults (2 checks, every 3 words, lead 0.05) come from repl
 SmolLM2 drafts: see benchmarks/compliance_early_stop.py and docs/benchmarks.md.
 
 Not used in pass mode: there the draft itself is sent, and a cut draft is a broken sentence.
+The engine's draft path (:mod:`engine.drafting`) decides when to stream; this module only reads
+a stream and says when to stop.
 """
 
 from __future__ import annotations
@@ -19,10 +21,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from engine.compliance.filter import ComplianceFilter, ComplianceResult, Match
-from engine.flow.generation import GenerationParams
+from engine.compliance.filter import Match
 from engine.flow.model import CompliancePolicy
-from engine.llm.base import BackendError
 
 EVERY_WORDS = 3  # complete words between two checks
 MIN_WORDS = 4  # no check before this many words: openings ("Great, so") match anything
@@ -107,43 +107,3 @@ def stream_and_match(
     text = text.strip()
     match = last if last is not None and last.text == text else matcher(text)
     return StreamedDraft(text, match, chunks, checks, False, stream_ms)
-
-
-def streamed_reply(
-    backend,
-    compliance: ComplianceFilter,
-    messages: list,
-    params: GenerationParams,
-    stage: str,
-    policy: CompliancePolicy,
-    session_key: str,
-    slots: dict[str, str],
-    latencies: dict[str, float],
-    *,
-    stable_checks: int,
-    clock: Callable[[], float] = time.perf_counter,
-    seed: int | None = None,
-) -> tuple[str | None, ComplianceResult, str | None]:
-    """The engine's LLM reply through ``backend.stream``: (raw draft, decision, error).
-
-    Same shape and latency keys as the ``generate`` path, plus the stream's counters; a
-    ``BackendError`` (raised when the stream starts or midway) ends in the stage's fallback.
-    """
-    before = clock()
-    try:
-        drafted = stream_and_match(
-            backend.stream(messages, params, seed=seed, session_key=session_key),
-            lambda text: compliance.match(text, policy, slots),
-            policy,
-            stable_checks=stable_checks,
-        )
-    except BackendError as exc:
-        latencies["generate_ms"] = (clock() - before) * 1000
-        return None, compliance.fallback(stage, policy, session_key, slots), str(exc)
-    latencies["generate_ms"] = drafted.stream_ms  # checks made while streaming included
-    latencies.update(drafted.stats())
-    before = clock()
-    result = compliance.decide(drafted.match, stage, policy, session_key, slots)
-    matched = drafted.match.embed_ms + drafted.match.match_ms
-    latencies["compliance_ms"] = (clock() - before) * 1000 + matched
-    return drafted.text, result, None

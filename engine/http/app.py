@@ -15,7 +15,6 @@ in each worker process (``salesbot serve`` sets the environment it reads).
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -51,10 +50,9 @@ from engine.http.schemas import (
     turn_request_model,
 )
 from engine.http.settings import Settings, SettingsError, import_plugins
-from engine.text import storable
+from engine.idempotency import derived_session_id
 
 log = logging.getLogger("salesbot.http")
-SESSION_TAG = "session:v1:"  # session ids derived from an Idempotency-Key carry this scheme
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -62,10 +60,10 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "No API key, or an unknown one.",
         403: "The key lacks the scope this route needs.",
         404: "No such session (or experiment).",
-        409: "The session has ended, its turns collided, or the Idempotency-Key was used for "
-        "another request; see `error.code`.",
+        409: "The session has ended or its turns collided; see `error.code`.",
         413: "Request body over the size limit.",
-        422: "Malformed JSON or a field out of its limits; `error.details` locates it.",
+        422: "Malformed JSON or a field out of its limits (`error.details` locates it), or an "
+        "Idempotency-Key reused for another request (`idempotency_key_reused`).",
         429: "Rate limit of this key exceeded; retry after `Retry-After` seconds.",
         503: "Database unreachable; nothing was written; retry after `Retry-After` seconds.",
     }
@@ -91,13 +89,6 @@ SESSION_LINKS = {
 }
 
 
-def derived_session_id(key_name: str, idempotency_key: str) -> str:
-    """The session id a start with an Idempotency-Key gets: a retried start finds the session
-    the first attempt created instead of opening a second one."""
-    raw = f"{SESSION_TAG}{key_name}\x00{idempotency_key}".encode()
-    return hashlib.sha256(raw).hexdigest()[:32]
-
-
 class ServiceState:
     """Readiness: ``models`` becomes "ready" once the classifier, the LLM backend and the
     embedder are warm (loading runs in the background so /healthz answers meanwhile)."""
@@ -110,43 +101,14 @@ def _warm_up(engine: Engine, state: ServiceState) -> None:
     try:
         engine.classifier.predict_one("hello")
         uses_llm = any(stage.kind == "llm" for stage in engine.flow.stages.values())
-        load = getattr(engine.backend, "load", None)
-        if uses_llm and callable(load):
-            load()
+        if uses_llm:
+            engine.backend.load()
         if uses_llm:  # the script index may come from disk: load the embedder's model too
             engine.compliance.embedder.embed_batch(["hello"])
         state.models = "ready"
     except Exception as exc:  # reported by /readyz; the service stays up for diagnosis
         log.error("model warm-up failed: %s: %s", type(exc).__name__, exc)
         state.models = f"failed: {type(exc).__name__}"
-
-
-def _stored_opening(engine: Engine, session_id: str, customer_id: str) -> ReplyOut:
-    """The opening reply of a session created by an earlier attempt of the same start."""
-    conversation = engine.store.get(session_id)
-    if conversation.customer_id != storable(customer_id):
-        raise ApiError(
-            409,
-            "idempotency_conflict",
-            "this Idempotency-Key already opened a session for another customer",
-        )
-    first = engine.store.turns(session_id)[0]
-    ended = conversation.status != "active" and conversation.turn_count == 0
-    return ReplyOut(
-        session_id=session_id,
-        turn_index=first.turn_index,
-        text=first.reply_text,
-        script_id=first.script_id,
-        stage=first.stage,
-        source=first.source,
-        intent=first.intent,
-        confidence=first.confidence,
-        margin=first.margin,
-        variant=first.variant,
-        ended=ended,
-        outcome=conversation.outcome if ended else None,
-        latencies_ms=dict(first.latencies),
-    )
 
 
 def _read_session(engine: Engine, session_id: str) -> SessionOut:
@@ -238,7 +200,7 @@ def create_app(
             alias="Idempotency-Key",
             pattern=IDEMPOTENCY_KEY,
             description="Retrying with the same key returns the stored result and writes "
-            "nothing new.",
+            "nothing new; the same key with another body is refused (422).",
         ),
     ]
 
@@ -246,7 +208,7 @@ def create_app(
         "/v1/sessions",
         status_code=201,
         response_model=SessionCreated,
-        responses={201: {"links": SESSION_LINKS}, **_errors(*V1_ERRORS, 409)},
+        responses={201: {"links": SESSION_LINKS}, **_errors(*V1_ERRORS)},
         operation_id="start_session",
         tags=["sessions"],
     )
@@ -262,24 +224,21 @@ def create_app(
             options["arm"] = body.arm
         if getattr(body, "experiment", None) is not None:
             options["experiment"] = body.experiment
-        session_id = derived_session_id(key.name, idempotency_key) if idempotency_key else None
+        if idempotency_key is not None:  # a key names a session per API key (its namespace)
+            options["session_id"] = derived_session_id(idempotency_key, key.name)
         started = time.perf_counter()
-        try:
-            reply = await run_in_threadpool(
-                partial(
-                    engine.start,
-                    body.customer_id,
-                    slot_values(body),
-                    session_id=session_id,
-                    **options,
-                )
+        reply = await run_in_threadpool(
+            partial(
+                engine.start,
+                body.customer_id,
+                slot_values(body),
+                idempotency_key=idempotency_key,
+                **options,
             )
-            out = ReplyOut.of(reply)
+        )
+        out = ReplyOut.of(reply)
+        if not reply.replayed:
             metrics.sessions.inc()
-        except sa_exc.IntegrityError:
-            if session_id is None:
-                raise
-            out = await run_in_threadpool(_stored_opening, engine, session_id, body.customer_id)
         metrics.observe_turn(out.source, out.stage, time.perf_counter() - started)
         response.headers["Location"] = f"/v1/sessions/{out.session_id}"
         return SessionCreated(session_id=out.session_id, reply=out)

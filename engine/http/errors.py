@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.errors import (
     ConcurrentTurns,
+    IdempotencyKeyReused,
     InvalidSlot,
     MissingSlot,
     SalesbotError,
@@ -152,6 +153,12 @@ def install(app: FastAPI, metrics: Metrics, retry_after_s: int) -> None:
     @app.exception_handler(ConcurrentTurns)
     async def _concurrent(_request: Request, exc: ConcurrentTurns) -> JSONResponse:
         return respond(409, "concurrent_turns", str(exc), headers={"Retry-After": "1"})
+
+    @app.exception_handler(IdempotencyKeyReused)
+    async def _key_reused(_request: Request, exc: IdempotencyKeyReused) -> JSONResponse:
+        # 422, as the IETF Idempotency-Key draft says: a client bug, not a retry to answer.
+        detail = {"loc": ["header", "Idempotency-Key"], "msg": str(exc), "type": "reused"}
+        return respond(422, "idempotency_key_reused", str(exc), details=[detail])
 
     @app.exception_handler(MissingSlot)
     async def _missing(_request: Request, exc: MissingSlot) -> JSONResponse:

@@ -1,7 +1,8 @@
 """LLM backends behind one small contract: ``generate(messages, params, seed, session_key)``.
 
-Optional capabilities (``stream``, ``generate_batch``, ``release``) are described in
-:mod:`engine.llm.base`; backends are created by name through :mod:`engine.llm.registry`.
+Every backend derives from :class:`LLMBackend`, which declares what it can do beyond that
+(``can_stream``, ``can_batch``; see :mod:`engine.llm.base`); backends are created by name
+through :mod:`engine.llm.registry`.
 """
 
 from engine.llm.base import (

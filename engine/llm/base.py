@@ -1,23 +1,31 @@
 """The backend contract. Backends only generate; prompts, compliance and storage live elsewhere.
 
-Every backend has ``generate``. Optional capabilities, which callers detect with ``getattr``:
+Every backend derives from :class:`LLMBackend` and says what it can do with class attributes,
+so callers read a flag instead of probing for methods:
 
-- ``stream(messages, params, seed=None, session_key=None) -> Iterator[str]``: decoded text chunks
-  as they are generated; closing the iterator early stops generation (early stop relies on it).
-- ``generate_batch(items) -> list[Generation]``: many requests at once (one forward pass per
-  step in-process, concurrent requests for a server). An item is ``(messages, params, seed)``
-  or ``(messages, params, seed, session_key)``.
-- ``release(session_key)``: forget what is cached for a session that ended.
+- ``generate(messages, params, seed=None, session_key=None) -> Generation``: always. A backend
+  implements ``_generate(request)``; the public signature lives here, once.
+- ``can_stream``: ``stream(...) -> Iterator[str]`` yields decoded text chunks as they are
+  generated (the backend implements ``_stream(request)``); closing the iterator early stops
+  generation (early stop relies on it).
+- ``can_batch``: ``generate_batch(items) -> list[Generation]`` runs many requests at once (one
+  forward pass per step in-process, concurrent requests for a server). An item is a
+  :class:`BatchItem` or a tuple ``(messages, params, seed[, session_key])``.
+- ``can_mix_params``: one batch may mix generation parameters (else callers group by them).
+- ``load()``, ``release(session_key)``, ``close()``: no-ops unless a backend has something to
+  load, per-session state to forget, or threads and connections to free.
 
 ``session_key`` lets a backend keep per-session state across turns (the in-process backend keeps
-the prompt's KV cache); backends without such state ignore it.
+the prompt's KV cache); backends without such state ignore it. :class:`Deadline` is how every
+backend measures ``params.deadline_s`` and words the error when it passes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypedDict
+from typing import TypedDict
 
 from engine.errors import SalesbotError
 from engine.flow.generation import GenerationParams
@@ -47,8 +55,36 @@ class DeadlineExceeded(BackendError):
 
 
 @dataclass(frozen=True)
+class Deadline:
+    """The moment a call must be answered by: ``params.deadline_s`` after it started."""
+
+    at: float  # on ``clock``
+    seconds: float
+    clock: Callable[[], float] = time.perf_counter
+
+    @classmethod
+    def start(
+        cls, params: GenerationParams, clock: Callable[[], float] = time.perf_counter
+    ) -> Deadline:
+        return cls(clock() + params.deadline_s, params.deadline_s, clock)
+
+    def left(self) -> float:
+        """Seconds left, never negative."""
+        return max(0.0, self.at - self.clock())
+
+    def passed(self) -> bool:
+        return self.clock() > self.at
+
+    def exceeded(self, who: str = "") -> DeadlineExceeded:
+        """The error to raise when nothing usable came in time."""
+        prefix = f"{who} gave " if who else ""
+        return DeadlineExceeded(f"{prefix}no reply within {self.seconds:g} s")
+
+
+@dataclass(frozen=True)
 class BatchItem:
-    """One request of a batch; tuples ``(messages, params, seed[, session_key])`` convert."""
+    """One request (of a batch or alone); tuples ``(messages, params, seed[, session_key])``
+    convert."""
 
     messages: Sequence[ChatMessage]
     params: GenerationParams
@@ -67,8 +103,22 @@ class BatchItem:
         return cls(*item)
 
 
-class LLMBackend(Protocol):
-    name: str
+class LLMBackend:
+    """The base of every backend; see the module docstring for the capabilities."""
+
+    name: str = "backend"
+    can_stream: bool = False
+    can_batch: bool = False
+    can_mix_params: bool = False
+
+    def load(self) -> None:
+        """Load weights or open connections before the first call (default: nothing to do)."""
+
+    def release(self, session_key: str) -> None:
+        """Forget what is cached for a session that ended (default: nothing is cached)."""
+
+    def close(self) -> None:
+        """Free threads and connections (default: none are held)."""
 
     def generate(
         self,
@@ -76,4 +126,42 @@ class LLMBackend(Protocol):
         params: GenerationParams,
         seed: int | None = None,
         session_key: str | None = None,
-    ) -> Generation: ...
+    ) -> Generation:
+        return self._generate(BatchItem(messages, params, seed, session_key))
+
+    def stream(
+        self,
+        messages: list[ChatMessage],
+        params: GenerationParams,
+        seed: int | None = None,
+        session_key: str | None = None,
+    ) -> Iterator[str]:
+        if not self.can_stream:
+            raise BackendError(f"the {self.name} backend cannot stream")
+        return self._stream(BatchItem(messages, params, seed, session_key))
+
+    def generate_batch(self, items: Sequence[BatchItem | tuple]) -> list[Generation]:
+        raise BackendError(f"the {self.name} backend cannot batch")
+
+    def _generate(self, request: BatchItem) -> Generation:
+        raise NotImplementedError
+
+    def _stream(self, request: BatchItem) -> Iterator[str]:
+        raise NotImplementedError
+
+
+class BackendWrapper(LLMBackend):
+    """A backend in front of another (batching, simulation): lifecycle calls pass through."""
+
+    def __init__(self, inner: LLMBackend, name: str | None = None):
+        self.inner = inner
+        self.name = name or inner.name
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def release(self, session_key: str) -> None:
+        self.inner.release(session_key)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -26,10 +26,18 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.flow.generation import GenerationParams
-from engine.llm.base import BackendError, BatchItem, ChatMessage, DeadlineExceeded, Generation
+from engine.llm.base import (
+    BackendError,
+    BackendWrapper,
+    BatchItem,
+    Deadline,
+    DeadlineExceeded,
+    Generation,
+    LLMBackend,
+)
 
 CUT_MARGIN_S = 0.25  # how much earlier than the caller's deadline a row's decoding is cut
 
@@ -44,93 +52,97 @@ class BatchStats:
     def mean_size(self) -> float:
         return self.requests / self.batches if self.batches else 0.0
 
+    def count(self, size: int) -> None:
+        self.batches += 1
+        self.requests += size
+        self.sizes.append(size)
+
 
 @dataclass
-class _Request:
+class Waiting:
+    """A caller's request and the future it waits on."""
+
     item: BatchItem
     future: Future
 
 
-class BatchingBackend:
-    """Wraps a backend that has ``generate_batch``; safe to call from many threads."""
+def run_batch(inner: LLMBackend, batch: Sequence[Waiting], stats: BatchStats) -> None:
+    """Send ``batch`` to ``inner`` as one call and settle every caller's future. A failed
+    batch fails its callers (they fall back), never the thread that ran it."""
+    stats.count(len(batch))
+    try:
+        results = inner.generate_batch([waiting.item for waiting in batch])
+    except Exception as exc:
+        error = exc if isinstance(exc, BackendError) else BackendError(str(exc))
+        for waiting in batch:
+            waiting.future.set_exception(error)
+        return
+    for waiting, result in zip(batch, results, strict=True):
+        waiting.future.set_result(result)
+
+
+def check_can_batch(inner: LLMBackend, max_batch: int) -> None:
+    """The batchers' shared precondition: an inner backend that batches, a positive size."""
+    if not inner.can_batch:
+        raise TypeError(f"{type(inner).__name__} has no generate_batch to batch with")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+
+
+class BatchingBackend(BackendWrapper):
+    """Wraps a backend that can batch; safe to call from many threads."""
+
+    can_batch = True
 
     def __init__(
         self,
-        inner,
+        inner: LLMBackend,
         max_batch: int = 32,
         max_wait_ms: float = 5.0,
         mixed_params: bool | None = None,
     ):
-        if not hasattr(inner, "generate_batch"):
-            raise TypeError(f"{type(inner).__name__} has no generate_batch to batch with")
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.inner = inner
+        check_can_batch(inner, max_batch)
+        super().__init__(inner, f"batched-{inner.name}")
+        self.can_stream = inner.can_stream
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
-        self.mixed_params = (
-            getattr(inner, "name", "") == "transformers" if mixed_params is None else mixed_params
-        )
-        self.name = f"batched-{getattr(inner, 'name', 'backend')}"
+        self.mixed_params = inner.can_mix_params if mixed_params is None else mixed_params
         self.stats = BatchStats()
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._queue: queue.Queue[Waiting | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
 
     # -- the backend contract -----------------------------------------------------------------
 
-    def load(self) -> None:
-        load = getattr(self.inner, "load", None)
-        if load is not None:
-            load()
-
-    def generate(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Generation:
+    def _generate(self, request: BatchItem) -> Generation:
         if self._closed:
             raise BackendError("the batching backend was closed")
-        deadline = time.perf_counter() + params.deadline_s
+        params = request.params
+        deadline = Deadline.start(params)
         future: Future = Future()
         # The row is cut a little before the caller stops waiting, so a draft cut at the
         # deadline still reaches the caller (and the compliance filter) in time.
-        cut = deadline - min(CUT_MARGIN_S, 0.1 * params.deadline_s)
-        item = BatchItem(messages, params, seed, session_key, deadline_at=cut)
+        cut = deadline.at - min(CUT_MARGIN_S, 0.1 * params.deadline_s)
+        item = replace(request, deadline_at=cut)
         self._ensure_worker()
-        self._queue.put(_Request(item, future))
+        self._queue.put(Waiting(item, future))
         try:
-            generation = future.result(timeout=max(0.0, deadline - time.perf_counter()))
+            generation = future.result(timeout=deadline.left())
         except FutureTimeout:
-            raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s") from None
+            raise deadline.exceeded() from None
         if generation.finish_reason == "error":
             raise BackendError("the backend failed on this request")
         if generation.finish_reason == "deadline" and not generation.text:
-            raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s")
+            raise deadline.exceeded()
         return generation
 
     def generate_batch(self, items: Sequence[BatchItem | tuple]) -> list[Generation]:
         return self.inner.generate_batch(items)
 
-    def stream(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Iterator[str]:
-        stream = getattr(self.inner, "stream", None)
-        if stream is None:
-            raise BackendError(f"{type(self.inner).__name__} cannot stream")
-        return stream(messages, params, seed=seed, session_key=session_key)
-
-    def release(self, session_key: str) -> None:
-        release = getattr(self.inner, "release", None)
-        if release is not None:
-            release(session_key)
+    def _stream(self, request: BatchItem) -> Iterator[str]:
+        r = request
+        return self.inner.stream(list(r.messages), r.params, r.seed, r.session_key)
 
     def close(self) -> None:
         """Stop the worker; calls waiting in the queue fail with ``BackendError``."""
@@ -149,7 +161,7 @@ class BatchingBackend:
                 self._worker = threading.Thread(target=self._run, name="llm-batching", daemon=True)
                 self._worker.start()
 
-    def _collect(self, first: _Request) -> list[_Request]:
+    def _collect(self, first: Waiting) -> list[Waiting]:
         batch = [first]
         until = time.perf_counter() + self.max_wait_ms / 1000
         while len(batch) < self.max_batch:
@@ -185,27 +197,16 @@ class BatchingBackend:
             for group in self._groups(live):
                 self._dispatch(group)
 
-    def _groups(self, requests: list[_Request]) -> list[list[_Request]]:
+    def _groups(self, requests: list[Waiting]) -> list[list[Waiting]]:
         if self.mixed_params:
             return [requests] if requests else []
-        groups: dict[GenerationParams, list[_Request]] = {}
+        groups: dict[GenerationParams, list[Waiting]] = {}
         for request in requests:
             groups.setdefault(request.item.params, []).append(request)
         return list(groups.values())
 
-    def _dispatch(self, group: list[_Request]) -> None:
-        self.stats.batches += 1
-        self.stats.requests += len(group)
-        self.stats.sizes.append(len(group))
-        try:
-            results = self.inner.generate_batch([r.item for r in group])
-        except Exception as exc:  # one failed batch fails its callers, never the worker
-            error = exc if isinstance(exc, BackendError) else BackendError(str(exc))
-            for request in group:
-                request.future.set_exception(error)
-            return
-        for request, result in zip(group, results, strict=True):
-            request.future.set_result(result)
+    def _dispatch(self, group: list[Waiting]) -> None:
+        run_batch(self.inner, group, self.stats)
 
     def _fail_waiting(self) -> None:
         while True:

@@ -40,7 +40,7 @@ import numpy as np
 
 from engine.errors import SalesbotError
 from engine.flow.generation import GenerationParams
-from engine.llm.base import BackendError, ChatMessage, DeadlineExceeded, Generation
+from engine.llm.base import BackendError, BatchItem, Deadline, Generation, LLMBackend
 from engine.llm.hf.models import default_model_path
 
 INSTALL_HINT = (
@@ -137,11 +137,12 @@ class SessionStates:
         self._states.pop(key, None)
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(LLMBackend):
     """One llama.cpp context shared by all sessions; calls are serialised (it is not re-entrant,
     and two generations at once on two cores would only slow each other down)."""
 
     name = "llamacpp"
+    can_stream = True
 
     def __init__(
         self,
@@ -235,18 +236,15 @@ class LlamaCppBackend:
             )
         return request
 
-    def stream(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Iterator[str]:
+    def _stream(self, request: BatchItem) -> Iterator[str]:
         """Text chunks as llama.cpp produces them; closing the iterator stops generation."""
+        messages, params, seed, session_key = (
+            request.messages, request.params, request.seed, request.session_key
+        )  # fmt: skip
         with self._lock:
             self.load()
             llm = self._llm
-            deadline = time.perf_counter() + params.deadline_s
+            deadline = Deadline.start(params)
             if session_key != self._live_key:  # else the live context is already this one's
                 if self._live_key is not None:  # park the live session's state, then switch
                     self.states.put(self._live_key, llm.save_state())
@@ -262,10 +260,8 @@ class LlamaCppBackend:
                     text = chunk["choices"][0]["text"]
                     if text:
                         yield text
-                    if time.perf_counter() > deadline:
-                        raise DeadlineExceeded(
-                            f"llamacpp exceeded the {params.deadline_s:g} s deadline"
-                        )
+                    if deadline.passed():
+                        raise deadline.exceeded("llamacpp")
             except BackendError:
                 raise
             except Exception as exc:  # any failure must end in a fallback, never a crash
@@ -282,16 +278,10 @@ class LlamaCppBackend:
                     # without this flag an identical next prompt would sample from them.
                     llm._requires_eval = True
 
-    def generate(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Generation:
+    def _generate(self, request: BatchItem) -> Generation:
         started = time.perf_counter()
-        text = "".join(self.stream(messages, params, seed, session_key)).strip()
-        for stop in params.stop:
+        text = "".join(self._stream(request)).strip()
+        for stop in request.params.stop:
             text = text.split(stop)[0]
         llm = self._llm
         return Generation(

@@ -34,8 +34,14 @@ from typing import Any
 
 import httpx
 
-from engine.flow.generation import GenerationParams
-from engine.llm.base import BackendError, BatchItem, ChatMessage, DeadlineExceeded, Generation
+from engine.llm.base import (
+    BackendError,
+    BatchItem,
+    Deadline,
+    DeadlineExceeded,
+    Generation,
+    LLMBackend,
+)
 from engine.llm.circuit import CircuitBreaker
 
 log = logging.getLogger(__name__)
@@ -48,8 +54,10 @@ class _Retryable(BackendError):
     """A failure worth another attempt (connection, timeout, 429, 5xx)."""
 
 
-class OpenAIBackend:
+class OpenAIBackend(LLMBackend):
     name = "openai"
+    can_stream = True
+    can_batch = True  # concurrent requests; the server batches them
 
     def __init__(
         self,
@@ -88,24 +96,15 @@ class OpenAIBackend:
     def url(self) -> str:
         return f"{self.base_url}/chat/completions"
 
-    def load(self) -> None:
-        """Nothing to load: the server holds the model."""
-
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
     # -- the backend contract -----------------------------------------------------------------
 
-    def generate(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Generation:
-        deadline = time.perf_counter() + params.deadline_s
-        return self._wait(self._submit(messages, params, seed, deadline), deadline, params)
+    def _generate(self, request: BatchItem) -> Generation:
+        deadline = Deadline.start(request.params)
+        return self._wait(self._submit(request, deadline), deadline)
 
     def generate_batch(self, items: Sequence[BatchItem | tuple]) -> list[Generation]:
         """Concurrent requests (the server batches them); a failed item gets finish_reason
@@ -114,34 +113,29 @@ class OpenAIBackend:
         started = time.perf_counter()
         pending = []
         for item in batch:
-            deadline = min(started + item.params.deadline_s, item.deadline_at or float("inf"))
-            pending.append((self._submit(item.messages, item.params, item.seed, deadline), item))
+            at = min(started + item.params.deadline_s, item.deadline_at or float("inf"))
+            deadline = Deadline(at, item.params.deadline_s)
+            pending.append((self._submit(item, deadline), deadline))
         results = []
-        for (future, cancel, deadline), item in pending:
+        for submitted, deadline in pending:
             try:
-                results.append(self._wait((future, cancel, deadline), deadline, item.params))
+                results.append(self._wait(submitted, deadline))
             except BackendError as exc:
                 reason = "deadline" if isinstance(exc, DeadlineExceeded) else "error"
                 results.append(Generation("", 0, 0, time.perf_counter() - started, reason))
         return results
 
-    def stream(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Iterator[str]:
+    def _stream(self, request: BatchItem) -> Iterator[str]:
         """Server-sent events (``stream: true``). At the deadline the stream ends where it is
         (``DeadlineExceeded`` if nothing came yet). Retries happen only before the first chunk;
         a wait for the next chunk is bounded by the read timeout, itself capped by the time
         left when the attempt started."""
-        deadline = time.perf_counter() + params.deadline_s
+        deadline = Deadline.start(request.params)
         self._check_breaker()
-        payload = {**self._payload(messages, params, seed), "stream": True}
+        payload = {**self._payload(request), "stream": True}
         attempt = 0
         while True:
-            left = self._time_left(deadline, params)
+            left = self._time_left(deadline)
             yielded = False
             try:
                 with self._client.stream(
@@ -149,21 +143,17 @@ class OpenAIBackend:
                 ) as response:
                     self._raise_for_status(response)
                     for content in _sse_contents(response.iter_lines()):
-                        if time.perf_counter() > deadline:
+                        if deadline.passed():
                             if yielded:
                                 return  # the draft so far is judged like any cut draft
-                            raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s")
+                            raise deadline.exceeded()
                         if content:
                             yielded = True
                             yield content
                 self.breaker.success()
                 return
-            except httpx.TimeoutException as exc:
-                error: BackendError = _Retryable(f"timed out: {exc!r}")
-            except httpx.TransportError as exc:
-                error = _Retryable(f"connection failed: {exc!r}")
-            except BackendError as exc:
-                error = exc
+            except (httpx.TransportError, BackendError) as exc:
+                error = _as_backend_error(exc)
             if yielded or not isinstance(error, _Retryable) or attempt >= self.retries:
                 self.breaker.failure()
                 raise self._final(error)
@@ -172,12 +162,11 @@ class OpenAIBackend:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _payload(
-        self, messages: Sequence[ChatMessage], params: GenerationParams, seed: int | None
-    ) -> dict[str, Any]:
+    def _payload(self, request: BatchItem) -> dict[str, Any]:
+        params, seed = request.params, request.seed
         payload: dict[str, Any] = {
             "model": self.model,
-            "messages": list(messages),
+            "messages": list(request.messages),
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature if params.do_sample else 0.0,
             "top_p": params.top_p if params.do_sample else 1.0,
@@ -199,30 +188,23 @@ class OpenAIBackend:
                 f"circuit open for {self.base_url}: retrying in {self.breaker.retry_in():.1f} s"
             )
 
-    def _submit(self, messages, params, seed, deadline: float):
+    def _submit(self, request: BatchItem, deadline: Deadline) -> tuple[Future, threading.Event]:
         self._check_breaker()
         cancel = threading.Event()
-        payload = self._payload(messages, params, seed)
-        future = self._pool.submit(self._complete, payload, params, deadline, cancel)
-        return future, cancel, deadline
+        payload = self._payload(request)
+        return self._pool.submit(self._complete, payload, deadline, cancel), cancel
 
-    def _wait(self, pending: tuple[Future, threading.Event, float], deadline, params):
-        future, cancel, _ = pending
+    def _wait(self, submitted: tuple[Future, threading.Event], deadline: Deadline) -> Generation:
+        future, cancel = submitted
         try:
-            return future.result(timeout=max(0.0, deadline - time.perf_counter()))
+            return future.result(timeout=deadline.left())
         except FutureTimeout:
             cancel.set()  # the worker gives up at its next check; no retry after this
             self.breaker.failure()
-            raise DeadlineExceeded(
-                f"{self.base_url} gave no reply within {params.deadline_s:g} s"
-            ) from None
+            raise deadline.exceeded(self.base_url) from None
 
     def _complete(
-        self,
-        payload: dict[str, Any],
-        params: GenerationParams,
-        deadline: float,
-        cancel: threading.Event,
+        self, payload: dict[str, Any], deadline: Deadline, cancel: threading.Event
     ) -> Generation:
         """The attempts of one call, on a worker thread. Records the outcome in the breaker
         unless the caller already gave up (then the caller recorded it)."""
@@ -230,19 +212,15 @@ class OpenAIBackend:
         attempt = 0
         while True:
             try:
-                left = self._time_left(deadline, params)
+                left = self._time_left(deadline)
                 response = self._client.post(self.url, json=payload, timeout=self._timeout(left))
                 self._raise_for_status(response)
                 generation = _parse_completion(response, time.perf_counter() - started)
                 if not cancel.is_set():
                     self.breaker.success()
                 return generation
-            except httpx.TimeoutException as exc:
-                error: BackendError = _Retryable(f"timed out: {exc!r}")
-            except httpx.TransportError as exc:
-                error = _Retryable(f"connection failed: {exc!r}")
-            except BackendError as exc:
-                error = exc
+            except (httpx.TransportError, BackendError) as exc:
+                error = _as_backend_error(exc)
             log.warning("LLM call to %s failed (attempt %d): %s", self.url, attempt + 1, error)
             if cancel.is_set() or not isinstance(error, _Retryable) or attempt >= self.retries:
                 if not cancel.is_set():
@@ -256,18 +234,19 @@ class OpenAIBackend:
             return error
         return BackendError(f"{self.base_url}: {error}")
 
-    def _time_left(self, deadline: float, params: GenerationParams) -> float:
-        left = deadline - time.perf_counter()
+    @staticmethod
+    def _time_left(deadline: Deadline) -> float:
+        left = deadline.left()
         if left < MIN_ATTEMPT_S:
-            raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s")
+            raise deadline.exceeded()
         return left
 
     def _timeout(self, left: float) -> httpx.Timeout:
         return httpx.Timeout(min(self.timeout_s, left), connect=min(self.connect_timeout_s, left))
 
-    def _backoff(self, attempt: int, deadline: float, cancel: threading.Event | None) -> None:
+    def _backoff(self, attempt: int, deadline: Deadline, cancel: threading.Event | None) -> None:
         pause = random.uniform(0, min(self.backoff_max_s, self.backoff_s * 2**attempt))
-        pause = min(pause, max(0.0, deadline - time.perf_counter() - MIN_ATTEMPT_S))
+        pause = min(pause, max(0.0, deadline.left() - MIN_ATTEMPT_S))
         if cancel is not None:
             cancel.wait(pause)
         else:
@@ -285,6 +264,16 @@ class OpenAIBackend:
         if response.status_code in RETRY_STATUS:
             raise _Retryable(message)
         raise BackendError(message)
+
+
+def _as_backend_error(exc: httpx.TransportError | BackendError) -> BackendError:
+    """A failed attempt as the error it counts as: timeouts and connection failures are worth
+    another attempt, a backend error is what it says."""
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, httpx.TimeoutException):
+        return _Retryable(f"timed out: {exc!r}")
+    return _Retryable(f"connection failed: {exc!r}")
 
 
 def _parse_completion(response: httpx.Response, seconds: float) -> Generation:

@@ -41,6 +41,11 @@ def create_backend(name: str = "transformers", **options: Any) -> LLMBackend:
     batch = options.pop("batch", None)
     max_wait_ms = options.pop("max_wait_ms", None)
     backend = _FACTORIES[name](**options)
+    if not isinstance(backend, LLMBackend):  # callers read its capabilities, never probe
+        raise SalesbotError(
+            f"LLM backend {name!r} built a {type(backend).__name__}, which does not derive "
+            "from engine.llm.LLMBackend"
+        )
     if batch:
         from engine.llm.batching import BatchingBackend
 

@@ -42,11 +42,11 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.flow.generation import GenerationParams
-from engine.llm.base import BackendError, BatchItem, ChatMessage, Generation
-from engine.llm.batching import BatchStats
+from engine.llm.base import BackendError, BackendWrapper, BatchItem, Generation, LLMBackend
+from engine.llm.batching import BatchStats, Waiting, check_can_batch, run_batch
 
 SIMULATION_DEADLINE_S = 86_400.0  # set on a copy; GenerationParams caps what flows may declare
 ROUND_STALL_S = 30.0  # an incomplete round, with no batch running, is sent after this long
@@ -58,26 +58,25 @@ class RoundStats(BatchStats):
 
 
 @dataclass
-class _Request:
-    item: BatchItem
-    future: Future
+class _Request(Waiting):
     arrival: int  # tie-break for requests without a session key
 
 
-class RoundBatcher:
-    """Wraps a backend with ``generate_batch``; sends a round's requests when all members wait.
+def relaxed(params: GenerationParams) -> GenerationParams:
+    """``params`` without the live deadline (see the module docstring)."""
+    return params.model_copy(update={"deadline_s": SIMULATION_DEADLINE_S})
+
+
+class RoundBatcher(BackendWrapper):
+    """Wraps a backend that can batch; sends a round's requests when all members wait.
 
     ``max_batch`` 1 keeps the rounds but runs every request alone (the unbatched reference).
     """
 
-    def __init__(self, inner, max_batch: int = 32):
-        if not hasattr(inner, "generate_batch"):
-            raise TypeError(f"{type(inner).__name__} has no generate_batch to batch with")
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.inner = inner
+    def __init__(self, inner: LLMBackend, max_batch: int = 32):
+        check_can_batch(inner, max_batch)
+        super().__init__(inner)
         self.max_batch = max_batch
-        self.name = getattr(inner, "name", type(inner).__name__)
         self.stats = RoundStats()
         self.stall_s = ROUND_STALL_S
         self._lock = threading.Lock()
@@ -115,24 +114,11 @@ class RoundBatcher:
 
     # -- the backend contract ----------------------------------------------------------------
 
-    def load(self) -> None:
-        load = getattr(self.inner, "load", None)
-        if load is not None:
-            load()
-
-    def generate(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Generation:
-        relaxed = params.model_copy(update={"deadline_s": SIMULATION_DEADLINE_S})
+    def _generate(self, item: BatchItem) -> Generation:
         future: Future = Future()
         with self._lock:
             self._arrivals += 1
-            request = _Request(BatchItem(messages, relaxed, seed, session_key), future,
-                               self._arrivals)  # fmt: skip
+            request = _Request(replace(item, params=relaxed(item.params)), future, self._arrivals)
             self._pending.append(request)
             self._last_activity = time.monotonic()
             ready = self._take_pending() if len(self._pending) >= self._members else []
@@ -141,16 +127,6 @@ class RoundBatcher:
         if generation.finish_reason == "error":
             raise BackendError("the backend failed on this request")
         return generation
-
-    def release(self, session_key: str) -> None:
-        release = getattr(self.inner, "release", None)
-        if release is not None:
-            release(session_key)
-
-    def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if close is not None:
-            close()
 
     # -- rounds ----------------------------------------------------------------------------------
 
@@ -187,63 +163,26 @@ class RoundBatcher:
 
     def _run_chunks(self, ready: list[_Request]) -> None:
         for start in range(0, len(ready), self.max_batch):
-            chunk = ready[start : start + self.max_batch]
-            self.stats.batches += 1
-            self.stats.requests += len(chunk)
-            self.stats.sizes.append(len(chunk))
-            try:
-                results = self.inner.generate_batch([r.item for r in chunk])
-            except Exception as exc:  # a failed batch fails its callers (they fall back)
-                error = exc if isinstance(exc, BackendError) else BackendError(str(exc))
-                for request in chunk:
-                    request.future.set_exception(error)
-                continue
-            for request, result in zip(chunk, results, strict=True):
-                request.future.set_result(result)
+            run_batch(self.inner, ready[start : start + self.max_batch], self.stats)
 
 
-class BatchOnly:
+class BatchOnly(BackendWrapper):
     """A backend that cannot batch, without its ``stream`` capability and its deadlines (see
     the module docstring); calls from many threads are serialised by the backend itself."""
 
-    def __init__(self, inner):
-        self.inner = inner
-        self.name = getattr(inner, "name", type(inner).__name__)
-
-    def load(self) -> None:
-        load = getattr(self.inner, "load", None)
-        if load is not None:
-            load()
-
-    def generate(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Generation:
-        relaxed = params.model_copy(update={"deadline_s": SIMULATION_DEADLINE_S})
-        return self.inner.generate(messages, relaxed, seed=seed, session_key=session_key)
-
-    def release(self, session_key: str) -> None:
-        release = getattr(self.inner, "release", None)
-        if release is not None:
-            release(session_key)
+    def _generate(self, item: BatchItem) -> Generation:
+        r = item
+        return self.inner.generate(list(r.messages), relaxed(r.params), r.seed, r.session_key)
 
     @property
     def stats(self):
         """The batching statistics of the wrapped backend, when it keeps them."""
         return getattr(self.inner, "stats", None)
 
-    def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if close is not None:
-            close()
 
-
-def simulation_backend(inner, max_batch: int = 32) -> RoundBatcher | BatchOnly:
+def simulation_backend(inner: LLMBackend, max_batch: int = 32) -> RoundBatcher | BatchOnly:
     """``inner`` in rounds of at most ``max_batch`` requests when it can batch; otherwise
     called directly (an OpenAI-compatible server batches by itself)."""
-    if hasattr(inner, "generate_batch"):
+    if inner.can_batch:
         return RoundBatcher(inner, max_batch=max_batch)
     return BatchOnly(inner)

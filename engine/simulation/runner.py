@@ -133,7 +133,7 @@ class Simulation:
             arms=tuple(self.arms),
             n=self.n,
             seed=self.seed,
-            backend=getattr(self.engine.backend, "name", type(self.engine.backend).__name__),
+            backend=self.engine.backend.name,
             embedder=self.engine.compliance.embedder_name,
             experiment=self.experiment.name,
             definition=self.experiment.definition,

@@ -23,9 +23,8 @@ import time
 
 import numpy as np
 
-from engine.flow.generation import GenerationParams
 from engine.flow.model import Flow
-from engine.llm.base import ChatMessage, Generation
+from engine.llm.base import BatchItem, Generation, LLMBackend
 from engine.llm.registry import register_backend
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
@@ -40,7 +39,7 @@ OFF_SCRIPT = (
 )
 
 
-class ScriptSampler:
+class ScriptSampler(LLMBackend):
     """See the module docstring. ``miss_rate``: share of off-script drafts; ``relevance``: share
     of drafts that take the script most related to the customer's words."""
 
@@ -71,16 +70,8 @@ class ScriptSampler:
             )
             self._stages.append((stage.goal, texts))
 
-    def load(self) -> None:
-        """Nothing to load; present so callers can treat every backend alike."""
-
-    def generate(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Generation:
+    def _generate(self, request: BatchItem) -> Generation:
+        messages, seed, session_key = request.messages, request.seed, request.session_key
         started = time.perf_counter()
         system = messages[0]["content"] if messages else ""
         texts = next((t for goal, t in self._stages if goal in system), ())
@@ -96,7 +87,7 @@ class ScriptSampler:
         else:
             text = self._pick(texts, customer, draws[1], draws[2])
             text = self._reword(text, draws[3])
-        words = text.split()[: params.max_new_tokens]
+        words = text.split()[: request.params.max_new_tokens]
         return Generation(
             " ".join(words), prompt_tokens=0, completion_tokens=len(words),
             seconds=time.perf_counter() - started,

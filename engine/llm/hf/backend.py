@@ -23,7 +23,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from engine.flow.generation import GenerationParams
-from engine.llm.base import BackendError, BatchItem, ChatMessage, DeadlineExceeded, Generation
+from engine.llm.base import (
+    BackendError,
+    BatchItem,
+    ChatMessage,
+    Deadline,
+    DeadlineExceeded,
+    Generation,
+    LLMBackend,
+)
 from engine.llm.hf.allocator import pin_mmap_threshold
 from engine.llm.hf.kv_cache import SessionKVCache
 from engine.llm.hf.models import default_model_path, load_model_and_tokenizer
@@ -32,7 +40,7 @@ from engine.llm.hf.precision import prepare_model, resolve_precision
 DEFAULT_CACHE_MB = 512.0
 
 
-class TransformersBackend:
+class TransformersBackend(LLMBackend):
     """Any local Hugging Face causal LM folder or GGUF file (default: SmolLM2-135M-Instruct).
 
     ``dtype``: auto (bf16 where native, see engine.llm.hf.precision) | fp32 | bf16 | int8 (CPU),
@@ -42,6 +50,9 @@ class TransformersBackend:
     """
 
     name = "transformers"
+    can_stream = True
+    can_batch = True
+    can_mix_params = True  # the decoder samples each row with its own parameters
 
     def __init__(
         self,
@@ -134,17 +145,11 @@ class TransformersBackend:
         )
         return list(ids["input_ids"] if isinstance(ids, dict) else ids)
 
-    def generate(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Generation:
-        item = BatchItem(messages, params, seed, session_key)
-        generation = self._run([item], self.clock() + params.deadline_s)[0]
+    def _generate(self, request: BatchItem) -> Generation:
+        deadline = Deadline.start(request.params, self.clock)
+        generation = self._run([request], deadline.at)[0]
         if generation.finish_reason == "deadline" and not generation.text:
-            raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s")
+            raise deadline.exceeded()
         return generation
 
     def generate_batch(self, items: Sequence[BatchItem | tuple]) -> list[Generation]:
@@ -157,20 +162,15 @@ class TransformersBackend:
         lock_deadline = started + max(item.params.deadline_s for item in batch)
         return self._run(batch, lock_deadline)
 
-    def stream(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-    ) -> Iterator[str]:
+    def _stream(self, request: BatchItem) -> Iterator[str]:
         """Text chunks as they are decoded. Closing the iterator stops generation at once and
         frees the model for the next caller. At the deadline the stream ends where it is (it
         raises ``DeadlineExceeded`` only if it had produced nothing)."""
-        deadline = self.clock() + params.deadline_s
-        self._acquire(deadline)
+        params = request.params
+        deadline = Deadline.start(params, self.clock)
+        self._acquire(deadline.at)
         try:
-            row = self._row(BatchItem(messages, params, seed, session_key), deadline)
+            row = self._row(request, deadline.at)
             emitted = ""
             for _ in self._decoder.steps([row], self._stop_check):
                 text = self._text(row.generated, params, strip=False).lstrip()
@@ -180,7 +180,7 @@ class TransformersBackend:
                     yield text[len(emitted) :]
                     emitted = text
             if row.finish == "deadline" and not row.generated:
-                raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s")
+                raise deadline.exceeded()
             final = self._text(row.generated, params)
             if len(final) > len(emitted) and final.startswith(emitted):
                 yield final[len(emitted) :]  # what was held back (a character never completed)
