@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from engine.errors import FlowProblem, FlowValidationError
 from engine.flow.model import Flow
-from engine.flow.yaml_lines import YamlSyntaxError, load_located
+from engine.flow.problems import Problems
 
 DEMO_FILE = "demo.yaml"
 Line = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
@@ -66,49 +66,25 @@ def _problem(path: Path, line: int | None, field: str, message: str) -> FlowVali
 
 
 def _from_file(flow: Flow, path: Path) -> DemoScript:
-    try:
-        located = load_located(path)
-    except YamlSyntaxError as exc:
-        raise _problem(path, exc.line, "", str(exc)) from None
-    except UnicodeDecodeError as exc:
-        raise _problem(path, None, "", f"not UTF-8 text: {exc}") from None
-    problems = [
-        FlowProblem(str(path), line, ".".join(map(str, loc)), "duplicate key")
-        for loc, line in located.duplicates
-    ]
-    if not isinstance(located.data, dict):
-        message = "the file must contain a mapping: demo: [...]"
-        raise _problem(path, located.line_of(()), "", message)
-    parsed: DemoFile | None = None
-    try:
-        parsed = DemoFile.model_validate(located.data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            field = ".".join(map(str, loc))
-            problems.append(FlowProblem(str(path), located.line_of(loc), field, err["msg"]))
+    problems = Problems(path.parent)
+    parsed = problems.read(path.name, DemoFile)
     if parsed is not None:
         for name in parsed.slots:
             if name not in flow.slot_defaults:
                 known = ", ".join(sorted(flow.slot_defaults)) or "none"
-                line = located.line_of(("slots", name))
-                problems.append(
-                    FlowProblem(
-                        str(path), line, f"slots.{name}", f"not a slot in flow.yaml ({known})"
-                    )
-                )
-    if problems or parsed is None:
-        raise FlowValidationError(problems)
+                problems.add(path.name, ("slots", name), f"not a slot in flow.yaml ({known})")
+    if problems.items or parsed is None:
+        raise FlowValidationError(problems.items)
     slots = {**_bank_slots(flow), **parsed.slots}
     return DemoScript(tuple(parsed.demo), slots, str(path))
 
 
 def _bank(flow: Flow):
-    from engine.simulation.personas import UTTERANCES_FILE, _parse, _Problems
+    from engine.simulation.personas import UTTERANCES_FILE
     from engine.simulation.utterances import UtteranceBank, UtterancesFile
 
-    problems = _Problems(Path(flow.folder))
-    parsed = _parse(Path(flow.folder), UTTERANCES_FILE, UtterancesFile, problems)
+    problems = Problems(Path(flow.folder))
+    parsed = problems.read(UTTERANCES_FILE, UtterancesFile)
     if parsed is None:
         return None, problems.items
     return UtteranceBank.from_file(parsed), problems.items
