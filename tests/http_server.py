@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import ROOT
+from tests.processes import spawned_children
 
 SALESBOT = Path(sys.executable).parent / "salesbot"
 SCRIPTED = ROOT / "tests" / "flows" / "scripted"
@@ -51,20 +52,7 @@ class Server:
 
     def worker_pids(self) -> list[int]:
         """uvicorn's worker processes (children started by multiprocessing's spawn)."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid and (
-                b"spawn_main" in cmdline
-            ):
-                pids.append(int(entry.name))
-        return sorted(pids)
+        return spawned_children(self.process.pid)
 
     def ready(self) -> bool:
         try:
