@@ -6,8 +6,10 @@ keeps transformers off the network model hub and quiet, and sets torch's thread 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,3 +26,23 @@ def set_threads(count: int) -> None:
         import torch
 
         torch.set_num_threads(count)
+
+
+def subcommand_parser(
+    description: str, *names: str
+) -> tuple[argparse.ArgumentParser, list[argparse.ArgumentParser]]:
+    """A parser with one sub-parser per name, in that order, and the shared ``--threads``."""
+    parser = argparse.ArgumentParser(description=description)
+    sub = parser.add_subparsers(dest="command", required=True)
+    parsers = [sub.add_parser(name) for name in names]
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default).")
+    return parser, parsers
+
+
+def run_subcommand(
+    parser: argparse.ArgumentParser, commands: dict[str, Callable[[argparse.Namespace], None]]
+) -> None:
+    """Parse the command line, set torch's threads and run the chosen sub-command."""
+    args = parser.parse_args()
+    set_threads(args.threads)
+    commands[args.command](args)

@@ -25,7 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench_env import ROOT, set_threads
+from bench_env import ROOT, run_subcommand, subcommand_parser
 from compliance_contexts import CONTEXTS, SLOTS
 
 from engine.compliance import ComplianceFilter, create_embedder, stream_and_match
@@ -180,21 +180,15 @@ def live(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("replay")
+    parser, (rep, liv) = subcommand_parser(__doc__.splitlines()[0], "replay", "live")
     rep.add_argument("drafts", type=Path)
     rep.add_argument(
         "--variants", default=None, help="Only these prompt variants / pair categories (a,b)."
     )
     rep.add_argument("--json", type=Path, default=None)
-    liv = sub.add_parser("live")
     liv.add_argument("--contexts", type=int, default=8)
     liv.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default).")
-    args = parser.parse_args()
-    set_threads(args.threads)
-    {"replay": replay, "live": live}[args.command](args)
+    run_subcommand(parser, {"replay": replay, "live": live})
 
 
 if __name__ == "__main__":

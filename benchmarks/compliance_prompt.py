@@ -30,7 +30,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench_env import ROOT, set_threads
+from bench_env import ROOT, run_subcommand, subcommand_parser
 from compliance_contexts import CONTEXTS, SLOTS, Context, history
 
 from engine.compliance import ComplianceFilter, create_embedder
@@ -170,22 +170,16 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate")
+    parser, (gen, ev) = subcommand_parser(__doc__.splitlines()[0], "generate", "evaluate")
     gen.add_argument("--seeds", type=int, default=2)
     gen.add_argument("--batch", type=int, default=16)
     gen.add_argument("--variants", default=",".join(VARIANTS))
     gen.add_argument("--greedy", action="store_true", help="Greedy decoding instead of sampling.")
     gen.add_argument("--append", action="store_true", help="Add to the drafts already in --out.")
     gen.add_argument("--out", type=Path, default=ROOT / "benchmarks/data/compliance_drafts.json")
-    ev = sub.add_parser("evaluate")
     ev.add_argument("drafts", type=Path)
     ev.add_argument("--show", action="store_true", help="Print every draft and its verdict.")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default).")
-    args = parser.parse_args()
-    set_threads(args.threads)
-    {"generate": generate, "evaluate": evaluate}[args.command](args)
+    run_subcommand(parser, {"generate": generate, "evaluate": evaluate})
 
 
 if __name__ == "__main__":

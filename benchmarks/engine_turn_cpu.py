@@ -32,25 +32,16 @@ import time
 import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from scripted_load import ADMIN_URL, TEXTS
+from sqlalchemy import create_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.engine import Engine  # noqa: E402
+from tests.pg_scratch import create_database, drop_database  # noqa: E402
 
 SCRIPTED = ROOT / "tests" / "flows" / "scripted"
-TEXTS = [
-    "how much is it",
-    "how fast is it",
-    "how long is the contract",
-    "are you a robot",
-    "what does it cost",
-    "what speed do I get",
-    "am I tied in",
-    "is this a bot",
-]
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def backend_ticks(database: str) -> int:
@@ -222,9 +213,7 @@ def main() -> None:
             else:
                 database = f"salesbot_cpu_{uuid.uuid4().hex[:8]}"
                 admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-                with admin.connect() as conn:
-                    conn.execute(text(f'CREATE DATABASE "{database}"'))
-                url = args.admin_url.rsplit("/", 1)[0] + f"/{database}"
+                url = create_database(admin, args.admin_url, database)
             try:
                 results, classify = run(
                     url, args.sessions, args.turns, args.rounds, args.profile, database
@@ -232,9 +221,7 @@ def main() -> None:
                 http = http_run(url, args.sessions, args.turns, args.rounds) if args.http else []
             finally:
                 if admin is not None:
-                    with admin.connect() as conn:
-                        conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-                    admin.dispose()
+                    drop_database(admin, database)
         engine_ms = [r[0] * 1000 for r in results]
         pg_ms = [r[1] * 1000 for r in results]
         wall_ms = [r[2] * 1000 for r in results]

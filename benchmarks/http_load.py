@@ -45,20 +45,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from scripted_load import ADMIN_URL, TEXTS
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.pg_scratch import create_database, drop_database  # noqa: E402
+from tests.processes import spawned_children  # noqa: E402
+
 SALESBOT = Path(sys.executable).parent / "salesbot"
-TEXTS = [
-    "how much is it",
-    "how fast is it",
-    "how long is the contract",
-    "are you a robot",
-    "what does it cost",
-    "what speed do I get",
-    "am I tied in",
-    "is this a bot",
-]
 RETRYABLE = {409, 429, 500, 502, 503, 504}
 CLIENT_SESSIONS = 10
 
@@ -126,23 +122,6 @@ def cpu_ms_per_turn(before: dict, after: dict, client_s: float, turns: int) -> d
         out[part] = round(ticks / hz * 1000 / max(1, turns), 2)
     out["client"] = round(client_s * 1000 / max(1, turns), 2)
     return out
-
-
-def worker_pids(parent: int) -> list[int]:
-    """uvicorn's worker processes: children of `serve` started by multiprocessing's spawn."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and b"spawn_main" in cmdline:
-            pids.append(int(entry.name))
-    return sorted(pids)
 
 
 async def request(
@@ -233,7 +212,7 @@ async def one_call(
 async def killer(stats: Stats, serve_pid: int, at_turns: int, log: list[str]) -> None:
     while stats.turns_done < at_turns:
         await asyncio.sleep(0.01)
-    pids = worker_pids(serve_pid)
+    pids = spawned_children(serve_pid)
     if not pids:
         log.append("no worker found to kill")
         return
@@ -366,18 +345,14 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=500.0, help="turns/s offered; 0: closed")
     parser.add_argument("--kill", action="store_true", help="SIGKILL one worker halfway")
     parser.add_argument("--flow", default=str(ROOT / "tests" / "flows" / "scripted"))
-    parser.add_argument(
-        "--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-    )
+    parser.add_argument("--admin-url", default=ADMIN_URL)
     parser.add_argument("--threads", type=int, default=None, help="engine threads per worker")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
 
     name = f"salesbot_http_load_{uuid.uuid4().hex[:8]}"
     admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db_url = args.admin_url.rsplit("/", 1)[0] + f"/{name}"
+    db_url = create_database(admin, args.admin_url, name)
     api_key = secrets.token_urlsafe(24)
     port = free_port()
     env = {
@@ -407,7 +382,7 @@ def main() -> int:
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
-        while len(worker_pids(server.pid)) < args.workers or not _ready(base_url):
+        while len(spawned_children(server.pid)) < args.workers or not _ready(base_url):
             if server.poll() is not None or time.time() > deadline:
                 raise SystemExit("the server did not become ready")
             time.sleep(0.3)
@@ -429,13 +404,7 @@ def main() -> int:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-        with admin.connect() as conn:
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name},
-            )
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+        drop_database(admin, name)
 
     ms = 1000.0
     summary = {

@@ -17,13 +17,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import ROOT
+from tests.processes import spawned_children
 
 SALESBOT = Path(sys.executable).parent / "salesbot"
 SCRIPTED = ROOT / "tests" / "flows" / "scripted"
@@ -51,20 +54,7 @@ class Server:
 
     def worker_pids(self) -> list[int]:
         """uvicorn's worker processes (children started by multiprocessing's spawn)."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid and (
-                b"spawn_main" in cmdline
-            ):
-                pids.append(int(entry.name))
-        return sorted(pids)
+        return spawned_children(self.process.pid)
 
     def ready(self) -> bool:
         try:
@@ -128,6 +118,25 @@ def start_server(
             raise RuntimeError(f"server did not start:\n{server.log()[-3000:]}")
         time.sleep(0.2)
     return server
+
+
+@contextlib.contextmanager
+def serving(
+    tmp_path_factory: pytest.TempPathFactory,
+    flow: Path,
+    db_url: str,
+    keys: list[dict],
+    log_path: Path,
+    **options,
+) -> Iterator[Server]:
+    """:func:`start_server` with the session's model cache, stopped when the block ends: the
+    body of every module-scoped server fixture."""
+    cache = Path(os.environ.get("SALESBOT_TEST_CACHE") or tmp_path_factory.getbasetemp() / "cache")
+    service = start_server(flow, db_url, keys, log_path, cache=cache, **options)
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
 class StubLLM:

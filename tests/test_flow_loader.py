@@ -74,6 +74,15 @@ def test_example_flow_loads_with_expected_shape(
     assert HASH_RE.match(flow.version), flow.version
 
 
+FLOW_FILES = ["flow.yaml", "intents.yaml", "scripts.yaml"]
+
+
+def one_edit_per_file(*edits: tuple[str, str]):
+    """Parametrize (file, old, new) over FLOW_FILES: one (old, new) text edit per file, in order."""
+    rows = [(file, old, new) for file, (old, new) in zip(FLOW_FILES, edits, strict=True)]
+    return pytest.mark.parametrize(("file", "old", "new"), rows, ids=FLOW_FILES)
+
+
 def test_content_hash_depends_on_content_not_location(tmp_path):
     original = load_flow(MINI)
     copy = load_flow(copy_mini(tmp_path))
@@ -81,14 +90,10 @@ def test_content_hash_depends_on_content_not_location(tmp_path):
     assert copy.version == original.version
 
 
-@pytest.mark.parametrize(
-    ("file", "old", "new"),
-    [
-        ("flow.yaml", "    goal: Offer the faster plan.\n", "    goal: Offer the fastest plan.\n"),
-        ("intents.yaml", "    - nope\n", "    - nah\n"),
-        ("scripts.yaml", "    text: Goodbye.\n", "    text: Goodbye now.\n"),
-    ],
-    ids=["flow.yaml", "intents.yaml", "scripts.yaml"],
+@one_edit_per_file(
+    ("    goal: Offer the faster plan.\n", "    goal: Offer the fastest plan.\n"),
+    ("    - nope\n", "    - nah\n"),
+    ("    text: Goodbye.\n", "    text: Goodbye now.\n"),
 )
 def test_content_hash_changes_when_a_file_changes(tmp_path, file, old, new):
     folder = copy_mini(tmp_path)
@@ -124,7 +129,7 @@ def test_fault_is_reported_with_file_line_and_field(tmp_path, fault: Fault):
         assert Path(p.file) == folder / fault.problem_file
 
 
-@pytest.mark.parametrize("file", ["flow.yaml", "intents.yaml", "scripts.yaml"])
+@pytest.mark.parametrize("file", FLOW_FILES)
 def test_missing_file(tmp_path, file):
     folder = copy_mini(tmp_path)
     (folder / file).unlink()
@@ -142,14 +147,10 @@ def test_missing_folder(tmp_path):
     assert "not a flow folder" in problems[0].message
 
 
-@pytest.mark.parametrize(
-    ("file", "old", "new"),
-    [
-        ("flow.yaml", "    say: greeting.open\n", "    say: greeting.open: extra\n"),
-        ("intents.yaml", "    - yes please\n", "    - yes: please: now\n"),
-        ("scripts.yaml", "    text: Goodbye.\n", "    text: Goodbye: now.\n"),
-    ],
-    ids=["flow.yaml", "intents.yaml", "scripts.yaml"],
+@one_edit_per_file(
+    ("    say: greeting.open\n", "    say: greeting.open: extra\n"),
+    ("    - yes please\n", "    - yes: please: now\n"),
+    ("    text: Goodbye.\n", "    text: Goodbye: now.\n"),
 )
 def test_yaml_syntax_error_names_file_and_line(tmp_path, file, old, new):
     folder = copy_mini(tmp_path)

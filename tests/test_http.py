@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.http_plugin import APPROVED
-from tests.http_server import MINI, Server, StubLLM, start_server
+from tests.http_server import MINI, Server, StubLLM, serving
 
 FULL = "full-access-key-0001"
 TURNS_ONLY = "turns-only-key-00002"
@@ -65,7 +64,6 @@ def server(
 ) -> Iterator[Server]:
     """The mini flow with a 2-second LLM deadline, served with the real `openai` backend
     against the stub server."""
-    cache = Path(os.environ.get("SALESBOT_TEST_CACHE") or tmp_path_factory.getbasetemp() / "cache")
     flow = tmp_path_factory.mktemp("flow") / "mini"
     shutil.copytree(MINI, flow)
     flow_yaml = flow / "flow.yaml"
@@ -76,16 +74,11 @@ def server(
     backend = ["--backend", "openai", "--backend-option", f"base_url={llm.url}"]
     for option in ("retries=0", "breaker_failures=100000"):
         backend += ["--backend-option", option]
-    service = start_server(
-        flow,
-        f"sqlite:///{db_path}",
-        KEYS,
-        db_path.parent / "server.log",
-        cache=cache,
-        backend=tuple(backend),
-    )
-    yield service
-    service.stop()
+    log = db_path.parent / "server.log"
+    with serving(
+        tmp_path_factory, flow, f"sqlite:///{db_path}", KEYS, log, backend=tuple(backend)
+    ) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,13 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import PG_ADMIN_URL
-from tests.http_server import SCRIPTED, Server, start_server
+from tests.http_server import SCRIPTED, Server, serving
 
 KEY = "pg-service-key-000001"
 SECRET_NAME = "Okavango-Pangolin-Malawi"
@@ -43,12 +42,10 @@ def database() -> Iterator[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, database) -> Iterator[Server]:
-    cache = Path(os.environ.get("SALESBOT_TEST_CACHE") or tmp_path_factory.getbasetemp() / "cache")
     keys = [{"name": "pg", "key": KEY, "scopes": ["turns"], "rate": 10_000, "burst": 10_000}]
     log = tmp_path_factory.mktemp("http_pg") / "server.log"
-    service = start_server(SCRIPTED, database[1], keys, log, workers=2, cache=cache)
-    yield service
-    service.stop()
+    with serving(tmp_path_factory, SCRIPTED, database[1], keys, log, workers=2) as service:
+        yield service
 
 
 def sql(url: str, query: str, **params) -> list:

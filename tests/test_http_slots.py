@@ -8,7 +8,6 @@ makes a script break a hard rule once filled in never reaches the customer.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from engine.compliance.rules import forbidden_hits
 from engine.flow.loader import load_flow
-from tests.http_server import MINI, Server, start_server
+from tests.http_server import MINI, Server, serving
 
 KEY = "slot-test-key-000001"
 PHRASES = ["discount", "free iphone", "with free"]
@@ -49,13 +48,10 @@ def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(
     tmp_path_factory: pytest.TempPathFactory, flow_dir: Path, db_path: Path
 ) -> Iterator[Server]:
-    cache = Path(os.environ.get("SALESBOT_TEST_CACHE") or tmp_path_factory.getbasetemp() / "cache")
     keys = [{"name": "full", "key": KEY, "scopes": ["turns"], "rate": 10_000, "burst": 10_000}]
-    service = start_server(
-        flow_dir, f"sqlite:///{db_path}", keys, db_path.parent / "server.log", cache=cache
-    )
-    yield service
-    service.stop()
+    log = db_path.parent / "server.log"
+    with serving(tmp_path_factory, flow_dir, f"sqlite:///{db_path}", keys, log) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,14 @@ console = Console()
 DB_HELP = "SQLAlchemy URL of the conversation store."
 
 
+def bounded_float_option(name: str, default: float, low: float, high: float, help: str):
+    """A float option limited to [low, high] whose default shows in --help: a value out of
+    range exits 2 with click's message naming the option."""
+    return click.option(
+        name, default=default, show_default=True, type=click.FloatRange(low, high), help=help
+    )
+
+
 class ConfigError(click.ClickException):
     """A configuration problem: printed without a traceback, exit code 2."""
 

@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from engine.cli.common import bounded_float_option
 from engine.errors import SalesbotError
 
 console = Console(width=max(Console().width, 110))
@@ -76,11 +77,11 @@ def compliance() -> None:
 @PAIRS_OPT
 @EMBEDDER_OPT
 @SLOT_OPT
-@click.option(
+@bounded_float_option(
     "--max-false-accept",
-    default=0.05,
-    show_default=True,
-    type=click.FloatRange(0, 1),
+    0.05,
+    0,
+    1,
     help="Risk budget: highest share of must-fall-back drafts that may be accepted.",
 )
 @click.option(

@@ -12,6 +12,7 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
+from engine.cli.common import bounded_float_option
 from engine.errors import SalesbotError
 
 
@@ -42,12 +43,8 @@ def _check_url(db: str) -> None:
     help="Output folder (created if missing).",
 )
 @click.option("--run-id", default=None, help="Only the conversations of this simulation run.")
-@click.option(
-    "--alpha",
-    default=0.05,
-    show_default=True,
-    type=click.FloatRange(0.0001, 0.5),
-    help="Significance level; intervals are at 1 - alpha.",
+@bounded_float_option(
+    "--alpha", 0.05, 0.0001, 0.5, help="Significance level; intervals are at 1 - alpha."
 )
 def report(db: str, experiment: str, out_dir: str, run_id: str | None, alpha: float) -> None:
     """Write report.html, report.md and report.json for one experiment."""

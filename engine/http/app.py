@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Annotated, Any, Literal
 
@@ -79,6 +79,22 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 V1_ERRORS = (401, 403, 413, 422, 429, 503)
+
+
+def _session_route(
+    method: Callable[..., Any], path: str, operation_id: str, model: type, *statuses: int
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The decorator of a route on one session (``method``: ``app.get`` or ``app.post``): the
+    ``sessions`` tag, and the errors of every v1 route plus ``statuses``."""
+    return method(
+        path,
+        response_model=model,
+        operation_id=operation_id,
+        responses=_errors(*V1_ERRORS, *statuses),
+        tags=["sessions"],
+    )
+
+
 SESSION_LINKS = {
     name: {"operationId": op, "parameters": {"session_id": "$response.body#/session_id"}}
     for name, op in (
@@ -243,13 +259,7 @@ def create_app(
         response.headers["Location"] = f"/v1/sessions/{out.session_id}"
         return SessionCreated(session_id=out.session_id, reply=out)
 
-    @app.post(
-        "/v1/sessions/{session_id}/turns",
-        response_model=ReplyOut,
-        operation_id="take_turn",
-        responses=_errors(*V1_ERRORS, 404, 409),
-        tags=["sessions"],
-    )
+    @_session_route(app.post, "/v1/sessions/{session_id}/turns", "take_turn", ReplyOut, 404, 409)
     async def take_turn(
         session_id: SessionId,
         body: TurnRequest,  # type: ignore[valid-type]
@@ -264,13 +274,7 @@ def create_app(
         metrics.observe_turn(reply.source, reply.stage, time.perf_counter() - started)
         return ReplyOut.of(reply)
 
-    @app.post(
-        "/v1/sessions/{session_id}/end",
-        response_model=SessionOut,
-        operation_id="end_session",
-        responses=_errors(*V1_ERRORS, 404),
-        tags=["sessions"],
-    )
+    @_session_route(app.post, "/v1/sessions/{session_id}/end", "end_session", SessionOut, 404)
     async def end_session(
         session_id: SessionId,
         key: TurnsKey,
@@ -281,13 +285,7 @@ def create_app(
         await run_in_threadpool(engine.end, session_id, reason)
         return await run_in_threadpool(_read_session, engine, session_id)
 
-    @app.get(
-        "/v1/sessions/{session_id}",
-        response_model=SessionOut,
-        operation_id="get_session",
-        responses=_errors(*V1_ERRORS, 404),
-        tags=["sessions"],
-    )
+    @_session_route(app.get, "/v1/sessions/{session_id}", "get_session", SessionOut, 404)
     async def get_session(session_id: SessionId, key: TurnsKey) -> SessionOut:
         """A session's state and transcript."""
         return await run_in_threadpool(_read_session, engine, session_id)

@@ -203,27 +203,15 @@ def _compare_paired(
     before = [_hit(metric, c) for c, _ in pairs]
     after = [_hit(metric, t) for _, t in pairs]
     test = stats.mcnemar_paired(before, after, alpha=alpha)
-    control_value = stats.wilson(sum(before), len(pairs), alpha)
-    mde = None
-    if primary and control_value.rate is not None:  # two-sample approximation (see Methods)
-        mde = stats.minimum_detectable_effect(control_value.rate, len(pairs), len(pairs), alpha)
-    p_value = test.p_value if pairs else None
-    return Comparison(
-        metric=metric,
-        label=metric_label(metric),
-        arm=arm,
-        control=control,
-        control_value=control_value,
-        value=stats.wilson(sum(after), len(pairs), alpha),
-        diff=test.diff,
-        low=test.low,
-        high=test.high,
-        p_value=p_value,
-        p_adjusted=None,
-        significant=primary and p_value is not None and p_value < alpha,
-        primary=primary,
-        mde=mde,
-        paired=test,
+    return _comparison(
+        metric,
+        arm,
+        control,
+        (sum(before), len(pairs), sum(after), len(pairs)),
+        test,
+        test.p_value if pairs else None,
+        alpha,
+        primary,
     )
 
 
@@ -242,6 +230,32 @@ def _compare(
     n1, n0 = counts.assigned.get(arm, 0), counts.assigned.get(control, 0)
     c1, c0 = _count(metric, arm, counts), _count(metric, control, counts)
     diff = stats.compare(c1, n1, c0, n0, alpha)
+    return _comparison(
+        metric,
+        arm,
+        control,
+        (c0, n0, c1, n1),
+        diff,
+        diff.p_value,
+        alpha,
+        primary,
+    )
+
+
+def _comparison(
+    metric: str,
+    arm: str,
+    control: str,
+    counts: tuple[int, int, int, int],
+    test: stats.Difference | stats.Paired,
+    p_value: float | None,
+    alpha: float,
+    primary: bool,
+) -> Comparison:
+    """What the paired and the two-sample comparison fill in alike. ``counts``: successes and
+    units in the control arm, then in ``arm``; ``p_value``: the test's (None without units).
+    The MDE (primary metric only) is the two-sample approximation for both (see Methods)."""
+    c0, n0, c1, n1 = counts
     control_value = stats.wilson(c0, n0, alpha)
     mde = None
     if primary and control_value.rate is not None:
@@ -253,14 +267,15 @@ def _compare(
         control=control,
         control_value=control_value,
         value=stats.wilson(c1, n1, alpha),
-        diff=diff.diff,
-        low=diff.low,
-        high=diff.high,
-        p_value=diff.p_value,
+        diff=test.diff,
+        low=test.low,
+        high=test.high,
+        p_value=p_value,
         p_adjusted=None,
-        significant=primary and diff.p_value is not None and diff.p_value < alpha,
+        significant=primary and p_value is not None and p_value < alpha,
         primary=primary,
         mde=mde,
+        paired=test if isinstance(test, stats.Paired) else None,
     )
 
 
