@@ -70,6 +70,7 @@ _SNAPSHOT_COLUMNS = (
     _conversations.c.outcome,
     _conversations.c.slots,
     _conversations.c.assignment,
+    _conversations.c.progress,
 )
 _TURN_COLUMNS = (
     _turns.c.turn_index,
@@ -180,6 +181,7 @@ class Snapshot:
     slots: dict[str, Any]
     history: tuple[tuple[str | None, str], ...]  # (customer text, bot reply), oldest first
     assignment: dict[str, Any] | None = None  # the experiment record, when it was read too
+    progress: dict[str, Any] | None = None  # the ruler's state (engine.milestones.Progress)
 
 
 def reply_from_turn(turn: Turn, outcome: str | None) -> Reply:
@@ -373,6 +375,7 @@ class Store:
             slots=dict(first.slots or {}),
             history=tuple(turns),
             assignment=dict(first.assignment or {}),
+            progress=first.progress,
         )
         return snapshot, stored
 
@@ -534,6 +537,7 @@ class Store:
                 outcome=c.outcome,
                 slots=dict(c.slots),
                 history=tuple((u, r) for u, r in reversed(recent)),
+                progress=c.progress,
             )
 
     def reply_for_key(self, conversation_id: str, idempotency_key: str) -> Reply | None:
