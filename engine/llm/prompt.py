@@ -75,13 +75,20 @@ def playbook(flow: Flow) -> str:
     steps = [s for s in flow.stages.values() if not s.is_end and s.goal]
     number = {s.name: i for i, s in enumerate(steps, 1)}
     lines = [f"{number[s.name]}. {s.goal}" for s in steps]
-    gates = sorted(
-        {number[m.stage] for m in flow.milestones if m.stage in number and _gates(flow, m.name)}
-    )
     order = "Work through these steps in order, one step per reply, and never skip one."
-    if gates:
-        done = ", ".join(str(n) for n in gates)
-        order += f" Step {done} must have succeeded before you offer or confirm anything later."
+    for milestone in flow.milestones:
+        if milestone.stage not in number:
+            continue
+        gated = _gated_stages(flow, milestone.name)
+        later = sorted(
+            {number[g] for g in gated if g in number and number[g] > number[milestone.stage]}
+        )
+        finals = [s.goal for s in flow.stages.values() if s.is_end and s.outcome == milestone.ends]
+        if later:
+            listed = ", ".join(str(n) for n in later)
+            order += f" Step {number[milestone.stage]} must succeed before step {listed}."
+        for goal in finals:
+            order += f" Step {number[milestone.stage]} must succeed before you: {goal}"
     ends = [s.goal for s in flow.stages.values() if s.is_end and s.goal]
     text = PLAYBOOK_HEADER + "\n" + "\n".join(lines) + "\n" + order
     if ends:
@@ -89,9 +96,12 @@ def playbook(flow: Flow) -> str:
     return text
 
 
-def _gates(flow: Flow, flag: str) -> bool:
-    """Whether some script may be said only once ``flag`` holds."""
-    return any(flag in script.requires for script in flow.scripts.values())
+def _gated_stages(flow: Flow, flag: str) -> list[str]:
+    """Stages of the scripts that may be said only once ``flag`` holds, in the flow's order."""
+    stages = {
+        s for script in flow.scripts.values() if flag in script.requires for s in script.stages
+    }
+    return [name for name in flow.stages if name in stages]
 
 
 def build_playbook_messages(

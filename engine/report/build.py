@@ -13,15 +13,16 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from engine import stats
 from engine.errors import SalesbotError
 from engine.experiments import MODES
-from engine.report import health
+from engine.report import health, stats
+from engine.report.methods import ARM_METHODS, MEASUREMENT
 from engine.report.model import (
     ArmSummary,
     Comparison,
     ComplianceRow,
     LatencyRow,
+    ProcessOrderRow,
     Report,
     StageCell,
     StageRow,
@@ -129,6 +130,9 @@ def _analyse(
         latency=_latency(counts, arm_names),
         health=[],
         summary=[],
+        process_order=_process_order(counts, arm_names, alpha),
+        methods={m: ARM_METHODS[m] for m in dict.fromkeys(_modes(arms)) if m in ARM_METHODS},
+        measurement=MEASUREMENT,
     )
     rows = funnel_sql.assignment_rows(bind, experiment, run_id)
     report.health = health.checks(report, counts, seen, rows)
@@ -268,6 +272,32 @@ def _compliance(
                 )
             )
     return rows
+
+
+def _process_order(
+    counts: funnel_sql.FunnelCounts, arms: list[str], alpha: float
+) -> list[ProcessOrderRow]:
+    rows = []
+    for arm in arms:
+        found = counts.findings.get(arm, {})
+        n = counts.assigned.get(arm, 0)
+        scripts = counts.findings_by_script.get(arm, {})
+        top = sorted(scripts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        rows.append(
+            ProcessOrderRow(
+                arm=arm,
+                calls_sent=stats.wilson(found.get("calls_sent", 0), n, alpha),
+                calls_attempted=stats.wilson(found.get("calls_attempted", 0), n, alpha),
+                sent=found.get("sent", 0),
+                attempted=found.get("attempted", 0),
+                top=[f"{key} ({count})" for key, count in top],
+            )
+        )
+    return rows
+
+
+def _modes(arms: list[ArmSummary]) -> list[str]:
+    return [a.mode or a.name for a in arms]
 
 
 def _variants(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import stats
 from engine.experiments.assignment import HASH_VERSION, arm_for_bucket, bucket_of
+from engine.report import stats
 from engine.report.format import pct, pts, pval
 from engine.report.model import HealthCheck, Report
 from storage.funnel import AssignmentRow, DesignSeen, FunnelCounts

@@ -102,6 +102,18 @@ class LatencyRow:
 
 
 @dataclass
+class ProcessOrderRow:
+    """Process-order findings of one arm (engine/milestones.py)."""
+
+    arm: str
+    calls_sent: Proportion  # calls where the customer heard a script before its precondition
+    calls_attempted: Proportion  # calls where an LLM draft tried to skip a step (kept back)
+    sent: int  # findings, not calls
+    attempted: int
+    top: list[str] = field(default_factory=list)  # "script before flag (n)", most frequent first
+
+
+@dataclass
 class HealthCheck:
     name: str
     status: str  # ok | warn | alarm
@@ -133,6 +145,9 @@ class Report:
     health: list[HealthCheck]
     summary: list[str]
     schema: str = SCHEMA
+    process_order: list[ProcessOrderRow] = field(default_factory=list)
+    methods: dict[str, str] = field(default_factory=dict)  # arm mode -> how it decides
+    measurement: str = ""  # how the funnel and outcome are measured (both arms)
 
     @property
     def treatments(self) -> list[str]:
