@@ -13,7 +13,7 @@ from scipy import stats as sps
 from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import proportion_effectsize
 
-from engine import stats
+from engine.report import stats
 
 CASES = [(30, 100, 20, 100), (7, 40, 15, 45), (0, 25, 3, 30), (120, 1000, 151, 1010), (9, 9, 5, 9)]
 
