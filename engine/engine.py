@@ -23,7 +23,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,14 @@ from engine.experiments import Assignment, Experiment, apply_overrides, resolve_
 from engine.experiments import load_experiments as _load_experiments
 from engine.flow.classifier import flow_classifier
 from engine.flow.loader import load_flow
-from engine.flow.model import Flow
+from engine.flow.model import CompliancePolicy, Flow
 from engine.flow.slots import resolve_slots
 from engine.idempotency import check_retry, derived_session_id, fingerprint
 from engine.llm import LLMBackend, create_backend
 from engine.llm.prompt import build_messages
+from engine.milestones import Finding, Progress, Ruler, Step
 from engine.policy import Arm, Decision, ReplyPlan, decide, entry
+from engine.pure_llm import decide_pure, pure_reply
 from engine.reply import Reply, reply_from_row
 from engine.session_locks import SessionLocks
 from engine.text import storable
@@ -84,6 +86,7 @@ class Engine:
         self.compliance = compliance
         self.store = store
         self.clock = clock
+        self.ruler = Ruler(flow)  # the funnel's one ruler, the same for every arm
         self._session_locks = SessionLocks()
 
     @classmethod
@@ -162,8 +165,11 @@ class Engine:
         resolved = resolve_slots(self.flow, slots)  # typed, hard rules: MissingSlot/InvalidSlot
         started = self.clock()
         snapshot = Snapshot.opening(session_id, arm_name, self.flow.start, resolved)
-        decision = entry(self.flow, self.flow.start, None, mode, "start")  # type: ignore[arg-type]
-        planned = self._plan(snapshot, decision, None, None, started, {}, arm_flow)
+        if mode == "pure_llm":  # even the opening line is the LLM's
+            decision = decide_pure(self.ruler, Progress(), None)
+        else:
+            decision = entry(self.flow, self.flow.start, None, mode, "start")  # type: ignore[arg-type]
+        planned = self._plan(snapshot, decision, None, None, started, {}, arm_flow, mode)  # type: ignore[arg-type]
         now = utcnow()
         conversation = {
             "id": snapshot.id,
@@ -218,11 +224,17 @@ class Engine:
                 prediction = self.classifier.predict_one(text)
                 latencies = {"classify_ms": (self.clock() - started) * 1000}
                 mode, arm_flow = self._session_arm(snapshot)
-                decision = decide(
-                    self.flow, snapshot.stage, snapshot.stage_turns, prediction.intent, mode
-                )
+                if mode == "pure_llm":  # no state machine: the ruler says where the call is
+                    heard, ends = self.ruler.hear(
+                        Progress.from_json(snapshot.progress), prediction.intent
+                    )
+                    decision = decide_pure(self.ruler, heard, ends)
+                else:
+                    decision = decide(
+                        self.flow, snapshot.stage, snapshot.stage_turns, prediction.intent, mode
+                    )
                 planned = self._plan(
-                    snapshot, decision, text, prediction, started, latencies, arm_flow
+                    snapshot, decision, text, prediction, started, latencies, arm_flow, mode
                 )
                 planned.turn.update(idempotency_key=idempotency_key, request_hash=request)
                 written = self.store.write_turn(
@@ -311,12 +323,22 @@ class Engine:
         started: float,
         latencies: dict[str, float],
         arm_flow: Flow | None = None,
+        mode: Arm = "hybrid",
     ) -> PlannedTurn:
-        """Everything a turn will write, computed without touching the database."""
+        """Everything a turn will write, computed without touching the database.
+
+        Whatever chose the reply, the ruler (engine/milestones.py) then hears the customer and
+        the script sent: its stage events are the ones stored, the script's effects apply (an
+        ``ends`` effect ends the call), and its process-order findings are stored on the turn.
+        """
         turn_index = snapshot.turn_count if text is None else snapshot.turn_count + 1
         result: ComplianceResult | None = None
         raw: str | None = None
         error: str | None = None
+        attempted: tuple[Finding, ...] = ()
+        progress = Progress.from_json(snapshot.progress)
+        if text is not None:
+            progress, _ = self.ruler.hear(progress, prediction.intent if prediction else None)
         if decision.reply.kind == "script":
             script_id = decision.reply.script_id
             assert script_id is not None
@@ -328,11 +350,22 @@ class Engine:
             if result is not None:
                 raw = reply_text
                 reply_text, script_id, source = result.text, result.script_id, result.source
+        elif mode == "pure_llm":
+            raw, result, error, attempted = pure_reply(
+                arm_flow or self.flow, self.backend, self.compliance, self.ruler, progress,
+                history=snapshot.history, earlier=_earlier(snapshot), slots=dict(snapshot.slots),
+                text=text, session_id=snapshot.id, seed=draft_seed(snapshot),
+                latencies=latencies, clock=self.clock,
+            )  # fmt: skip
+            reply_text, script_id, source = result.text, result.script_id, result.source
         else:
             raw, result, error = self._llm_reply(
-                snapshot, decision.reply, text, latencies, arm_flow or self.flow
+                snapshot, decision.reply, text, latencies, arm_flow or self.flow, progress
             )
             reply_text, script_id, source = result.text, result.script_id, result.source
+        assert script_id is not None
+        step = self.ruler.said(progress, script_id)
+        decision = _with_step(decision, step, mode)
         latencies["total_ms"] = (self.clock() - started) * 1000
         now = utcnow()
         turn = {
@@ -351,11 +384,12 @@ class Engine:
             "latencies": latencies,
             "idempotency_key": None,
             "request_hash": None,
+            "findings": [f.as_dict() for f in (*attempted, *step.findings)] or None,
             "created_at": now,
         }
         events = [
             dict(conversation_id=snapshot.id, turn_index=turn_index, stage=s, created_at=now)
-            for s in decision.entered
+            for s in step.entered
         ]
         audit = None
         if result is not None:
@@ -378,7 +412,7 @@ class Engine:
                 "created_at": now,
             }
         reply = reply_from_row(turn, outcome=decision.outcome)
-        return PlannedTurn(reply, turn, events, audit, decision)
+        return PlannedTurn(reply, turn, events, audit, decision, step.progress.as_json())
 
     @staticmethod
     def _changes(planned: PlannedTurn) -> dict[str, Any]:
@@ -389,6 +423,7 @@ class Engine:
             "stage": decision.stage,
             "stage_turns": decision.stage_turns,
             "turn_count": planned.turn["turn_index"],
+            "progress": planned.progress,
             "updated_at": now,
         }
         if decision.outcome is not None:
@@ -404,16 +439,54 @@ class Engine:
         text: str | None,
         latencies: dict[str, float],
         arm_flow: Flow | None = None,
+        progress: Progress | None = None,
     ) -> tuple[str | None, ComplianceResult, str | None]:
         stage = (arm_flow or self.flow).stages[plan.stage]  # an arm may override its parameters
+        assert stage.compliance is not None and stage.generation is not None
+        policy = self._stage_policy(stage.compliance, plan.stage, progress or Progress())
+        stage = replace(stage, compliance=policy)  # the candidates that may be said now
         slots = dict(snapshot.slots)
-        earlier = max(0, snapshot.turn_count + 1 - len(snapshot.history))  # turns not read
+        earlier = _earlier(snapshot)
         messages = build_messages(self.flow, stage, snapshot.history, slots, text, earlier)
         return draft_reply(
             self.backend, self.compliance, messages, stage, slots, latencies,
             session_key=snapshot.id, seed=draft_seed(snapshot),
             early_stop=(arm_flow or self.flow).early_stop, clock=self.clock,
         )  # fmt: skip
+
+    def _stage_policy(
+        self, policy: CompliancePolicy, stage: str, progress: Progress
+    ) -> CompliancePolicy:
+        """A hybrid LLM stage's policy for this moment: its candidates that may be said now
+        (engine/effects.py) and that the ruler would place in ``stage`` (so the ruler and the
+        state machine see the same stage: no FAQ answer counts as entering the pitch)."""
+        allowed = self.ruler.available(progress, policy.candidates)
+        placed = tuple(c for c in allowed if self.ruler.lands_on(progress.stage, c) == stage)
+        candidates = placed or allowed
+        if candidates == policy.candidates or not candidates:
+            return policy
+        return replace(policy, candidates=candidates)
+
+
+def _earlier(snapshot: Snapshot) -> int:
+    """Exchanges of the call before the ones read into ``snapshot.history``."""
+    return max(0, snapshot.turn_count + 1 - len(snapshot.history))
+
+
+def _with_step(decision: Decision, step: Step, mode: Arm) -> Decision:
+    """The decision as the turn will store it: in pure_llm the stage is the ruler's; in both
+    arms a script with an ``ends`` effect ends the call with its outcome."""
+    if mode == "pure_llm":
+        outcome = decision.outcome or step.outcome
+        reason = decision.reason if decision.outcome else ("script_ends" if outcome else "playbook")
+        return replace(
+            decision, stage=step.progress.stage, stage_turns=0, outcome=outcome, reason=reason
+        )
+    if decision.outcome is None and step.outcome is not None:
+        return replace(
+            decision, stage=step.progress.stage, outcome=step.outcome, reason="script_ends"
+        )
+    return decision
 
 
 def _flow_backend(flow: Flow, name: str | None, options: Mapping[str, Any] | None) -> LLMBackend:
@@ -437,3 +510,4 @@ class PlannedTurn:
     events: list[dict[str, Any]]
     audit: dict[str, Any] | None
     decision: Decision
+    progress: dict[str, Any] | None = None  # the ruler's state after the turn

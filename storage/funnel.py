@@ -85,6 +85,9 @@ class FunnelCounts:
     llm_errors: dict[str, int] = field(default_factory=dict)
     variants: list[VariantCount] = field(default_factory=list)
     latencies: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # arm -> {calls_sent, calls_attempted, sent, attempted}: process-order findings (turns.findings)
+    findings: dict[str, dict[str, int]] = field(default_factory=dict)
+    findings_by_script: dict[str, dict[str, int]] = field(default_factory=dict)  # arm -> id -> n
     flows: dict[str, int] = field(default_factory=dict)  # "name flow:v1:..." -> conversations
 
 
@@ -193,6 +196,7 @@ def collect(
         _compliance(conn, where, out)
         _variants(conn, where, hangup, out)
         _latencies(conn, where, out)
+        _findings(conn, where, out)
     return out
 
 
@@ -381,6 +385,36 @@ def _latencies(conn, where, out: FunnelCounts) -> None:
     )
     for arm, source, value in conn.execute(query):
         out.latencies.setdefault(arm, {}).setdefault(source, []).append(float(value))
+
+
+def _findings(conn, where, out: FunnelCounts) -> None:
+    """Process-order findings per arm: sent (the customer heard a script before its
+    precondition held) and attempted (an LLM draft the filter kept back), and the calls with
+    any. Only turns that have findings are fetched (the column is NULL otherwise)."""
+    t = turns.c
+    query = (
+        select(C.arm, t.conversation_id, t.findings)
+        .select_from(turns.join(conversations, conversations.c.id == t.conversation_id))
+        .where(where, t.findings.is_not(None))
+    )
+    calls: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for arm in out.arms:
+        out.findings.setdefault(
+            arm, dict.fromkeys(("calls_sent", "calls_attempted", "sent", "attempted"), 0)
+        )
+    for arm, conversation_id, findings in conn.execute(query):
+        counts = out.findings.setdefault(
+            arm, dict.fromkeys(("calls_sent", "calls_attempted", "sent", "attempted"), 0)
+        )
+        for finding in findings or ():
+            kind = "sent" if finding.get("sent") else "attempted"
+            counts[kind] += 1
+            calls[(arm, kind)].add(conversation_id)
+            by_script = out.findings_by_script.setdefault(arm, {})
+            key = f"{finding.get('script_id')} before {'+'.join(finding.get('missing') or [])}"
+            by_script[key] = by_script.get(key, 0) + 1
+    for (arm, kind), ids in calls.items():
+        out.findings[arm][f"calls_{kind}"] = len(ids)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ _SNAPSHOT_COLUMNS = (
     _conversations.c.outcome,
     _conversations.c.slots,
     _conversations.c.assignment,
+    _conversations.c.progress,
 )
 _TURN_COLUMNS = (
     _turns.c.turn_index,
@@ -181,6 +182,7 @@ class Snapshot:
     slots: dict[str, Any]
     history: tuple[tuple[str | None, str], ...]  # (customer text, bot reply), oldest first
     assignment: dict[str, Any] | None = None  # the experiment record, when it was read too
+    progress: dict[str, Any] | None = None  # the ruler's state (engine.milestones.Progress)
 
     @classmethod
     def opening(cls, id: str, arm: str, stage: str, slots: dict[str, Any]) -> Snapshot:
@@ -355,6 +357,7 @@ class Store:
             slots=dict(first.slots or {}),
             history=tuple(turns),
             assignment=dict(first.assignment or {}),
+            progress=first.progress,
         )
         return snapshot, stored
 

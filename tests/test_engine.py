@@ -217,12 +217,16 @@ def test_errors_name_what_is_wrong(db_url):
 
 
 def test_pure_llm_arm_serves_scripted_stages_with_the_llm(db_url):
-    backend = FakeBackend(default="Hello, this is Sam. Am I speaking with Alex?")
+    backend = FakeBackend().enqueue(
+        "Hello, this is Sam. Am I speaking with Alex?",
+        "Our faster plan gives you 500 megabits for eight pounds more a month.",
+    )
     engine = make_engine(db_url, backend)
     opening = engine.start("cust-10", {"customer_name": "Alex"}, arm="pure_llm")
     assert opening.source == "llm" and opening.script_id == "greeting.open"
     reply = engine.turn(opening.session_id, "yes")
-    assert reply.stage == "pitch"  # same transitions, same classifier: the same ruler
+    # no state machine: the LLM chose to pitch, and the ruler places the call by what was said
+    assert reply.stage == "pitch" and reply.script_id == "pitch.speed"
     assert engine.store.get(opening.session_id).arm == "pure_llm"
 
 

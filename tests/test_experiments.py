@@ -285,15 +285,14 @@ def test_turns_use_the_arm_mode_and_overrides_after_a_restart(db_url, tmp_path):
     assert replica.turn(strict.session_id, unmatched).source in {"llm", "universal"}
     hybrid_pitch = replica.turn(hybrid.session_id, "yes that's me")
     strict_pitch = replica.turn(strict.session_id, "yes that's me")
-    assert hybrid_pitch.stage == strict_pitch.stage == "pitch"
+    assert hybrid_pitch.stage == "pitch"
     assert hybrid_pitch.source == "llm"  # a close paraphrase passes the flow's 0.5
-    assert strict_pitch.source == "fallback"  # the arm's 0.99 threshold rejects it
-    audits = replica.store.compliance_decisions(strict.session_id)
-    assert audits[-1].threshold == 0.99 and audits[-1].variant in {
-        "pitch.fallback_a",
-        "pitch.fallback_b",
-    }
-    assert backend.history[-1][1].temperature == 0.3
+    # pure_llm has no stages (the pitch override does not apply): its LLM pitched from the
+    # opening line, so the customer's yes at the pitch is the ruler's `accepted`: converted
+    assert strict_pitch.stage == "converted" and strict_pitch.source == "script"
+    assert strict_pitch.ended
+    playbook = [p for m, p in backend.history if "The call, step by step" in m[0]["content"]]
+    assert len(playbook) == 2 and {p.temperature for p in playbook} == {0.3}  # the yes: no draft
 
 
 def test_plain_modes_forced_arms_and_errors(db_url, tmp_path):

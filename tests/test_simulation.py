@@ -24,6 +24,7 @@ from engine.engine import Engine
 from engine.flow.classifier import flow_classifier
 from engine.flow.loader import load_flow
 from engine.llm.base import BackendError
+from engine.llm.prompt import PLAYBOOK_HEADER
 from engine.llm.registry import register_backend
 from engine.report import build_report
 from engine.report.format import interval, pval
@@ -69,7 +70,11 @@ class Drafts(FakeBackend):
 
     def generate(self, messages, params, seed=None, session_key=None):
         said = messages[-1]["content"].lower()
-        scripts = next(s for goal, s in self.stages if goal in messages[0]["content"])
+        if PLAYBOOK_HEADER in messages[0]["content"]:  # pure_llm: one step of the playbook a turn
+            step = sum(m["role"] == "assistant" for m in messages)
+            scripts = self.stages[min(step, len(self.stages) - 1)][1]
+        else:
+            scripts = next(s for goal, s in self.stages if goal in messages[0]["content"])
         for words, acts in self.WANTS:
             if not words or any(w in said for w in words):
                 fitting = [s for s in scripts if s.act in acts] or scripts

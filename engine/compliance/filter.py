@@ -158,6 +158,8 @@ class ComplianceFilter:
         for stage in flow.stages.values():
             if stage.compliance is not None:
                 self.index.view(stage.compliance.candidates)
+        if flow.pure_llm is not None:
+            self.index.view(flow.pure_llm.candidates)
 
     @staticmethod
     def _index_text(text: str, defaults: Mapping[str, str]) -> str:
@@ -226,6 +228,10 @@ class ComplianceFilter:
                     self._numbers.clear()
                 self._numbers[key] = allowed
         return allowed
+
+    def embed(self, text: str) -> np.ndarray:
+        """The normalised embedding of one draft, as the index compares it."""
+        return as_vector(self.embedder.embed_batch([text])[0])
 
     def match(self, raw_text: str, policy: CompliancePolicy, slots: Mapping[str, str]) -> Match:
         """Embed the draft and find its nearest eligible scripts; check the hard rules."""

@@ -55,7 +55,26 @@ def apply_overrides(flow: Flow, overrides: Mapping[str, Any] | Overrides | None)
         if name not in flow.stages or flow.stages[name].is_end:
             raise OverrideError(f"overrides name stage {name!r}, which is not a non-end stage")
     stages = {name: _stage(stage, spec) for name, stage in flow.stages.items()}
-    return dataclasses.replace(flow, stages=type(flow.stages)(stages))
+    return dataclasses.replace(flow, stages=type(flow.stages)(stages), **_pure_llm(flow, spec))
+
+
+def _pure_llm(flow: Flow, spec: Overrides) -> dict[str, Any]:
+    """The pure_llm arm has no stages: flow-wide overrides apply to its whole-library policy
+    and to the generation parameters of its playbook prompt."""
+    changes: dict[str, Any] = {}
+    if flow.pure_llm is not None and spec.compliance is not None:
+        block = spec.compliance
+        changes["pure_llm"] = dataclasses.replace(
+            flow.pure_llm,
+            threshold=block.threshold if block.threshold is not None else flow.pure_llm.threshold,
+            mode=block.mode or flow.pure_llm.mode,
+        )
+    if spec.generation is not None:
+        try:
+            changes["default_generation"] = flow.default_generation.merged(spec.generation)
+        except ValueError as exc:
+            raise OverrideError(f"generation overrides: {exc}") from None
+    return changes
 
 
 def _stage(stage: Stage, spec: Overrides) -> Stage:

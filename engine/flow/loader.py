@@ -21,6 +21,7 @@ from engine.flow.generation import GenerationParams
 from engine.flow.model import (
     CompliancePolicy,
     Flow,
+    Milestone,
     Otherwise,
     Script,
     Stage,
@@ -128,6 +129,57 @@ def _check_references(
                     f, (*loc, "compliance", "fallback"), f"weights sum to {total:g}, not 1"
                 )
         _check_stage_kind(name, stage, problems)
+    _check_effects(flow, intents, scripts, problems)
+
+
+def _check_effects(
+    flow: schema.FlowFile,
+    intents: schema.IntentsFile | None,
+    scripts: schema.ScriptsFile | None,
+    problems: Problems,
+) -> None:
+    """Script effects and preconditions, milestones and the pure_llm filter (engine/effects.py):
+    an ``ends`` must name an outcome of an end stage, a required flag must be set by something."""
+    f, s = "flow.yaml", "scripts.yaml"
+    outcomes = sorted(
+        {st.outcome for st in flow.stages.values() if st.kind == "end" and st.outcome}
+    )
+    known = f"outcomes: {', '.join(outcomes)}"
+    flags = {flag for script in (scripts.scripts if scripts else []) for flag in script.sets}
+    flags |= set(flow.milestones)
+    for name, milestone in flow.milestones.items():
+        loc: Loc = ("milestones", name)
+        stage = flow.stages.get(milestone.stage)
+        if stage is None or stage.kind == "end":
+            problems.add(f, (*loc, "stage"), f"{milestone.stage!r} is not a non-end stage")
+        for i, intent in enumerate(milestone.intents):
+            if intents is not None and intent not in intents.intents:
+                problems.add(f, (*loc, "intents", i), f"intent {intent!r} is not in intents.yaml")
+        if milestone.ends is not None and milestone.ends not in outcomes:
+            problems.add(f, (*loc, "ends"), f"unknown outcome {milestone.ends!r} ({known})")
+    for i, script in enumerate(scripts.scripts if scripts else []):
+        if script.ends is not None and script.ends not in outcomes:
+            problems.add(s, ("scripts", i, "ends"), f"unknown outcome {script.ends!r} ({known})")
+        for j, flag in enumerate(script.requires):
+            if flag not in flags:
+                problems.add(
+                    s,
+                    ("scripts", i, "requires", j),
+                    f"flag {flag!r} is never set: no script `sets` it and no milestone is "
+                    "named so, so this script could never be sent",
+                )
+    pool = flow.compliance.pure_llm.fallback
+    if pool:
+        loc = ("compliance", "pure_llm", "fallback")
+        ids = {script.id for script in (scripts.scripts if scripts else [])}
+        for script_id in pool:
+            if scripts is not None and script_id not in ids:
+                problems.add(
+                    f, (*loc, script_id), f"script id {script_id!r} is not in scripts.yaml"
+                )
+        total = sum(pool.values())
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            problems.add(f, loc, f"weights sum to {total:g}, not 1")
 
 
 def _check_stage_kind(name: str, stage: schema.Stage, problems: Problems) -> None:
@@ -343,10 +395,28 @@ def _compile(
     slots = {name: compile_slot(name, decl) for name, decl in flow.slots.items()}
     script_map = {
         s.id: Script(
-            id=s.id, stages=tuple(s.stages), act=s.act, text=s.text, wordings=tuple(s.wordings)
+            id=s.id,
+            stages=tuple(s.stages),
+            act=s.act,
+            text=s.text,
+            wordings=tuple(s.wordings),
+            ends=s.ends,
+            sets=tuple(s.sets),
+            requires=tuple(s.requires),
+            once=s.once,
         )
         for s in scripts.scripts
     }
+    pure = flow.compliance.pure_llm
+    pure_policy = CompliancePolicy(
+        threshold=pure.threshold if pure.threshold is not None else flow.compliance.threshold,
+        mode=flow.compliance.mode,
+        fallback=tuple(sorted((pure.fallback or {}).items())),
+        universal_fallback=flow.compliance.universal_fallback,
+        candidates=tuple(script_map),  # the whole library; engine/effects.py narrows it per turn
+        margin=pure.margin if pure.margin is not None else flow.compliance.margin,
+        **_forbidden_fields(flow.compliance.forbidden, None),
+    )
     return Flow(
         name=flow.flow,
         version=content_hash(raw, HASH_SCHEME),
@@ -376,6 +446,11 @@ def _compile(
         early_stop=flow.compliance.early_stop,
         universal_fallback=flow.compliance.universal_fallback,
         **_forbidden_fields(flow.compliance.forbidden, None),
+        milestones=tuple(
+            Milestone(name, m.stage, tuple(m.intents), m.ends)
+            for name, m in flow.milestones.items()
+        ),
+        pure_llm=pure_policy,
     )
 
 

@@ -67,6 +67,10 @@ class Script:
     act: str
     text: str
     wordings: tuple[str, ...] = ()  # extra approved wordings: matched against, never sent
+    ends: str | None = None  # effect: sending it ends the call with this outcome
+    sets: tuple[str, ...] = ()  # effect: flags that hold once it was sent
+    requires: tuple[str, ...] = ()  # precondition: flags that must hold for it to be a candidate
+    once: bool = False  # precondition: not a candidate once it was said in the call
 
     @property
     def slots(self) -> frozenset[str]:
@@ -74,6 +78,16 @@ class Script:
 
     def render(self, slots: dict[str, str]) -> str:
         return self.text.format_map(slots)
+
+
+@dataclass(frozen=True)
+class Milestone:
+    """A flag the ruler sets when the customer says one of ``intents`` at ``stage``."""
+
+    name: str
+    stage: str
+    intents: tuple[str, ...]
+    ends: str | None = None  # outcome of the call once set (e.g. accepted -> converted)
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,8 @@ class Flow:
     forbidden_phrases: tuple[str, ...] = ()
     forbidden_patterns: tuple[str, ...] = ()
     universal_fallback: str | None = None
+    milestones: tuple[Milestone, ...] = ()  # flags the ruler sets from the customer's intents
+    pure_llm: CompliancePolicy | None = None  # the pure_llm arm's filter over the whole library
 
     def transition_for(self, stage: Stage, intent: str) -> Transition | None:
         """The stage's own transition for ``intent``, else the flow's global one."""

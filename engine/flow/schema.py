@@ -114,6 +114,25 @@ class ClassifierConfig(_Strict):
     )
 
 
+class PureLLMCompliance(_Strict):
+    """The pure_llm arm's filter: one threshold for the whole library, its own fallback pool."""
+
+    threshold: float | None = Field(None, ge=0, le=1, description="Default: the flow's.")
+    margin: float | None = Field(None, ge=0, le=1, description="Default: the flow's.")
+    fallback: dict[ScriptId, Annotated[float, Field(gt=0, le=1)]] | None = Field(
+        None, description="Fallback script id -> weight; default: the universal fallback."
+    )
+
+
+class Milestone(_Strict):
+    """A flag the ruler sets from the customer's words: one of ``intents`` while the call is at
+    ``stage`` (engine/milestones.py); with ``ends``, setting it ends the call with that outcome."""
+
+    stage: Name
+    intents: list[Name] = Field(min_length=1)
+    ends: Name | None = Field(None, description="Outcome of the call once the flag is set.")
+
+
 class ComplianceConfig(_Strict):
     embedder: str = Field("minilm", description="A registered embedder: minilm, tfidf-char, ...")
     threshold: float = Field(0.55, ge=0, le=1)
@@ -126,6 +145,7 @@ class ComplianceConfig(_Strict):
     early_stop: int = Field(
         2, ge=0, le=20, description="Stop streaming once the best match held for N checks; 0 = off."
     )
+    pure_llm: PureLLMCompliance = Field(default_factory=PureLLMCompliance)
 
 
 class LLMConfig(_Strict):
@@ -251,6 +271,9 @@ class FlowFile(_Strict):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     global_: dict[Name, Transition] = Field(default_factory=dict, alias="global")
     stages: dict[Name, Stage] = Field(min_length=1)
+    milestones: dict[Name, Milestone] = Field(
+        default_factory=dict, description="Flags the ruler sets from the customer's intents."
+    )
 
 
 class IntentsFile(_Strict):
@@ -267,6 +290,12 @@ class Script(_Strict):
     wordings: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="Extra approved wordings, matched but never sent."
     )
+    ends: Name | None = Field(None, description="Sending it ends the call with this outcome.")
+    sets: list[Name] = Field(default_factory=list, description="Flags that hold once it is sent.")
+    requires: list[Name] = Field(
+        default_factory=list, description="Flags that must hold for it to be a candidate."
+    )
+    once: bool = Field(False, description="At most once per call.")
 
 
 class ScriptsFile(_Strict):

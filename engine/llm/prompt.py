@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from engine.flow.model import Flow, Stage
 from engine.llm.base import ChatMessage
 
+PLAYBOOK_HEADER = "The call, step by step:"  # starts the pure_llm arm's playbook
 HISTORY_TURNS = 6  # customer/bot exchanges always kept in the prompt (6 to 11 are kept)
 MAX_MESSAGE_CHARS = 600  # a 10,000-character turn must not blow the context window
 MAX_SLOT_CHARS = 80  # per slot value in the prompt (start() already caps each slot's length)
@@ -83,5 +84,80 @@ def build_messages(
         messages.append({"role": "user", "content": customer_text[:MAX_MESSAGE_CHARS]})
     else:
         # Nothing usable was said (silence, noise): ask the model to carry the call on.
+        messages.append({"role": "user", "content": "(The customer is listening. Go on.)"})
+    return messages
+
+
+def playbook(flow: Flow) -> str:
+    """The whole flow as a pure-LLM bot's playbook: every non-end stage's goal in the flow's
+    order, what must be achieved before what (from the scripts' preconditions), and the ways a
+    call may end. No stage is singled out: choosing the next step is the model's job."""
+    steps = [s for s in flow.stages.values() if not s.is_end and s.goal]
+    number = {s.name: i for i, s in enumerate(steps, 1)}
+    lines = [f"{number[s.name]}. {s.goal}" for s in steps]
+    order = "Work through these steps in order, one step per reply, and never skip one."
+    for milestone in flow.milestones:
+        if milestone.stage not in number:
+            continue
+        gated = _gated_stages(flow, milestone.name)
+        later = sorted(
+            {number[g] for g in gated if g in number and number[g] > number[milestone.stage]}
+        )
+        finals = [s.goal for s in flow.stages.values() if s.is_end and s.outcome == milestone.ends]
+        if later:
+            listed = ", ".join(str(n) for n in later)
+            order += f" Step {number[milestone.stage]} must succeed before step {listed}."
+        for goal in finals:
+            order += f" Step {number[milestone.stage]} must succeed before you: {goal}"
+    ends = [s.goal for s in flow.stages.values() if s.is_end and s.goal]
+    text = PLAYBOOK_HEADER + "\n" + "\n".join(lines) + "\n" + order
+    if ends:
+        text += "\nWays the call may end, each in one reply: " + " / ".join(ends)
+    return text
+
+
+def _gated_stages(flow: Flow, flag: str) -> list[str]:
+    """Stages of the scripts that may be said only once ``flag`` holds, in the flow's order."""
+    stages = {
+        s for script in flow.scripts.values() if flag in script.requires for s in script.stages
+    }
+    return [name for name in flow.stages if name in stages]
+
+
+def build_playbook_messages(
+    flow: Flow,
+    history: Sequence[tuple[str | None, str]],
+    slots: Mapping[str, str],
+    customer_text: str | None,
+    earlier: int = 0,
+) -> list[ChatMessage]:
+    """The pure_llm arm's prompt: persona and offer facts, the whole flow as a playbook, the call
+    so far (windowed as in :func:`build_messages`, so per-session KV reuse keeps working) and the
+    customer's last words. The system message is the same on every turn of a call."""
+    persona = flow.persona.format_map(_KeepUnknown(slots))
+    facts = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in sorted(slots.items()) if v)
+    system = (
+        f"{persona}\n{playbook(flow)}\n"
+        f"Known facts: {facts}.\n"
+        "Reply to the customer in one or two short, polite sentences. Do not invent prices, "
+        "discounts or promises."
+    )
+    return _with_history(system, history, customer_text, earlier)
+
+
+def _with_history(
+    system: str,
+    history: Sequence[tuple[str | None, str]],
+    customer_text: str | None,
+    earlier: int,
+) -> list[ChatMessage]:
+    messages: list[ChatMessage] = [{"role": "system", "content": system}]
+    for user_text, bot_text in recent_history(history, earlier):
+        if user_text:
+            messages.append({"role": "user", "content": user_text[:MAX_MESSAGE_CHARS]})
+        messages.append({"role": "assistant", "content": bot_text[:MAX_MESSAGE_CHARS]})
+    if customer_text and customer_text.strip():
+        messages.append({"role": "user", "content": customer_text[:MAX_MESSAGE_CHARS]})
+    else:
         messages.append({"role": "user", "content": "(The customer is listening. Go on.)"})
     return messages

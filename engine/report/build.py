@@ -16,11 +16,13 @@ from sqlalchemy import Connection
 from engine.errors import SalesbotError
 from engine.experiments import MODES
 from engine.report import health, stats
+from engine.report.methods import ARM_METHODS, MEASUREMENT
 from engine.report.model import (
     ArmSummary,
     Comparison,
     ComplianceRow,
     LatencyRow,
+    ProcessOrderRow,
     Report,
     StageCell,
     StageRow,
@@ -145,6 +147,9 @@ def _analyse(
         paired=units is not None,
         test=stats.PAIRED_TEST if units is not None else stats.TWO_SAMPLE_TEST,
         interval_method=(stats.PAIRED_INTERVAL if units is not None else stats.TWO_SAMPLE_INTERVAL),
+        process_order=_process_order(counts, arm_names, alpha),
+        methods={m: ARM_METHODS[m] for m in dict.fromkeys(_modes(arms)) if m in ARM_METHODS},
+        measurement=MEASUREMENT,
     )
     rows = funnel_sql.assignment_rows(bind, experiment, run_id)
     report.health = health.checks(report, counts, seen, rows)
@@ -357,6 +362,32 @@ def _compliance(
                 )
             )
     return rows
+
+
+def _process_order(
+    counts: funnel_sql.FunnelCounts, arms: list[str], alpha: float
+) -> list[ProcessOrderRow]:
+    rows = []
+    for arm in arms:
+        found = counts.findings.get(arm, {})
+        n = counts.assigned.get(arm, 0)
+        scripts = counts.findings_by_script.get(arm, {})
+        top = sorted(scripts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        rows.append(
+            ProcessOrderRow(
+                arm=arm,
+                calls_sent=stats.wilson(found.get("calls_sent", 0), n, alpha),
+                calls_attempted=stats.wilson(found.get("calls_attempted", 0), n, alpha),
+                sent=found.get("sent", 0),
+                attempted=found.get("attempted", 0),
+                top=[f"{key} ({count})" for key, count in top],
+            )
+        )
+    return rows
+
+
+def _modes(arms: list[ArmSummary]) -> list[str]:
+    return [a.mode or a.name for a in arms]
 
 
 def _variants(

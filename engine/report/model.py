@@ -105,6 +105,18 @@ class LatencyRow:
 
 
 @dataclass
+class ProcessOrderRow:
+    """Process-order findings of one arm (engine/milestones.py)."""
+
+    arm: str
+    calls_sent: Proportion  # calls where the customer heard a script before its precondition
+    calls_attempted: Proportion  # calls where an LLM draft tried to skip a step (kept back)
+    sent: int  # findings, not calls
+    attempted: int
+    top: list[str] = field(default_factory=list)  # "script before flag (n)", most frequent first
+
+
+@dataclass
 class HealthCheck:
     name: str
     status: str  # ok | warn | alarm
@@ -141,6 +153,9 @@ class Report:
     paired: bool = False
     test: str = TWO_SAMPLE_TEST
     interval_method: str = TWO_SAMPLE_INTERVAL
+    process_order: list[ProcessOrderRow] = field(default_factory=list)
+    methods: dict[str, str] = field(default_factory=dict)  # arm mode -> how it decides
+    measurement: str = ""  # how the funnel and outcome are measured (both arms)
 
     @property
     def treatments(self) -> list[str]:

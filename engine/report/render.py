@@ -183,6 +183,11 @@ def render_markdown(report: Report) -> str:
         row += [pts(c.mde), "significant" if c.significant else "not significant"]
         rows.append(row)
     out.append(_table(headers, rows))
+    if report.methods:
+        out += ["", "## How each arm decides, and how it is measured", ""]
+        for text in report.methods.values():
+            out += [text, ""]
+        out.append(report.measurement)
     out += ["", "## Funnel (reached stage / assigned)", ""]
     headers = ["Stage"] + [f"{a.name} reached" for a in report.arms]
     headers += [f"{a.name} pass-through" for a in report.arms]
@@ -243,6 +248,30 @@ def render_markdown(report: Report) -> str:
                     pct(c.universal.rate),
                 ]
                 for c in report.compliance
+            ],
+        )
+    )
+    out += ["", "## Process-order findings per arm", ""]
+    out.append(
+        _table(
+            [
+                "Arm",
+                "Calls sent out of order",
+                "Calls with a draft kept back",
+                "Sent",
+                "Kept back",
+                "Most frequent",
+            ],
+            [
+                [
+                    p.arm,
+                    f"{p.calls_sent.count:,} ({pct(p.calls_sent.rate)})",
+                    f"{p.calls_attempted.count:,} ({pct(p.calls_attempted.rate)})",
+                    f"{p.sent:,}",
+                    f"{p.attempted:,}",
+                    "; ".join(p.top) or "-",
+                ]
+                for p in report.process_order
             ],
         )
     )

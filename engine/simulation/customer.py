@@ -2,8 +2,9 @@
 numbers and the act of the bot's last reply. No LLM decides anything (LLM-played customers are
 too easily persuaded), so a simulated funnel moves only when the bot's behaviour does.
 
-How a reply is judged. The customer remembers what it said last and hears the reply by its act
-(the act of the script sent; a fallback script's act is ``repair``), mapped to a role
+How a reply is judged. The customer remembers what it said last and hears the reply by the act
+of the script actually sent (a fallback wording too: scripts.yaml gives each fallback the act
+it performs, a fallback that pitches is a pitch), mapped to a role
 (:data:`engine.simulation.personas.DEFAULT_ACT_ROLES`):
 
 - an answer (to the greeting, the security question, the needs question, an offer) is addressed

@@ -35,7 +35,7 @@ HASH_SCHEME = "population:v1:"
 # How a customer hears a bot reply, whatever the flow calls the act:
 #   greet     asks whether it is the right person         verify   asks for security details
 #   ask_need  asks how the customer uses the product      sell     pitches, informs, asks to buy
-#   faq       answers a meta question ("are you a bot?")  repair   a fallback or "say that again"
+#   faq       answers a meta question ("are you a bot?")  repair   "sorry, say that again"
 #   reprompt  re-asks because it did not understand       goodbye  ends the call
 Role = Literal["greet", "verify", "ask_need", "sell", "faq", "repair", "reprompt", "goodbye"]
 ROLES: tuple[str, ...] = Role.__args__  # type: ignore[attr-defined]

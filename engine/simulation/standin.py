@@ -1,7 +1,8 @@
 """A stand-in for the LLM that costs nothing: for benchmarks and quick runs of a flow's mechanics.
 
 ``script-sampler`` drafts a reply the way a small model roughly does in a sales stage: usually
-something close to one of the stage's approved scripts (with some words dropped, so the
+something close to one of the stage's approved scripts (for the pure_llm arm's playbook
+prompt, of any stage's) (with some words dropped, so the
 compliance filter still has to match it), preferring the script that shares most words with
 what the customer just said, and sometimes something off-script that the filter rejects. It is
 no model of language; it lets an A/A test or a sensitivity sweep run thousands of conversations
@@ -25,6 +26,7 @@ import numpy as np
 
 from engine.flow.model import Flow
 from engine.llm.base import BatchItem, Generation, LLMBackend
+from engine.llm.prompt import PLAYBOOK_HEADER
 from engine.llm.registry import register_backend
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
@@ -74,7 +76,10 @@ class ScriptSampler(LLMBackend):
         messages, seed, session_key = request.messages, request.seed, request.session_key
         started = time.perf_counter()
         system = messages[0]["content"] if messages else ""
-        texts = next((t for goal, t in self._stages if goal in system), ())
+        if PLAYBOOK_HEADER in system:  # the pure_llm arm's playbook: any stage's scripts
+            texts = tuple(dict.fromkeys(x for _, t in self._stages for x in t))
+        else:
+            texts = next((t for goal, t in self._stages if goal in system), ())
         customer = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         if seed is not None or session_key is not None:
             key = hashlib.sha256(repr((seed, session_key, messages)).encode("utf-8")).digest()

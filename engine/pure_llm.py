@@ -1,0 +1,105 @@
+"""The pure_llm arm's turn: one playbook prompt, one filter over the whole approved library.
+
+No state machine chooses the goal or the next stage: every bot turn after the opening line is an
+LLM draft from :func:`engine.llm.prompt.build_playbook_messages`, mapped by the compliance filter
+to the nearest approved script the call may hear now (engine/effects.py: preconditions hold, a
+once-only script not said yet), with the flow's ``compliance.pure_llm`` threshold and fallback
+pool. Where the call is, and how it ends, is the ruler's view (engine/milestones.py): a script
+with an ``ends`` effect ends it, and the customer accepting at the closing question converts it
+(the bot then says the converted end stage's line, as the hybrid arm does).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from engine.compliance import ComplianceFilter, ComplianceResult
+from engine.compliance.filter import TOP_K, Match
+from engine.flow.model import CompliancePolicy, Flow
+from engine.llm import BackendError, LLMBackend
+from engine.llm.prompt import build_playbook_messages
+from engine.milestones import Finding, Progress, Ruler
+from engine.policy import Decision, ReplyPlan
+
+STAGE_KEY = "pure_llm"  # the audit rows' stage and the fallback draw's key
+
+
+def decide_pure(ruler: Ruler, progress: Progress, outcome: str | None) -> Decision:
+    """The pure arm's "decision": an LLM draft, unless a milestone just ended the call."""
+    if outcome is not None:
+        end = ruler.outcome_stages[outcome][0]
+        plan = ReplyPlan("script", end, ruler.closing_script(outcome))
+        return Decision(end, 0, plan, (), "milestone", outcome)
+    stage = progress.stage or ruler.flow.start
+    return Decision(stage, 0, ReplyPlan("llm", stage), (), "playbook", None)
+
+
+def pure_reply(
+    flow: Flow,
+    backend: LLMBackend,
+    compliance: ComplianceFilter,
+    ruler: Ruler,
+    progress: Progress,
+    *,
+    history: tuple[tuple[str | None, str], ...],
+    earlier: int,
+    slots: Mapping[str, str],
+    text: str | None,
+    session_id: str,
+    seed: int,
+    latencies: dict[str, float],
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[str | None, ComplianceResult, str | None, tuple[Finding, ...]]:
+    """(raw draft, what the customer hears, backend error, attempted process-order findings)."""
+    policy = flow.pure_llm
+    assert policy is not None
+    messages = build_playbook_messages(flow, history, slots, text, earlier)
+    before = clock()
+    try:
+        generation = backend.generate(
+            messages, flow.default_generation, seed=seed, session_key=session_id
+        )
+    except BackendError as exc:
+        latencies["generate_ms"] = (clock() - before) * 1000
+        return None, compliance.fallback(STAGE_KEY, policy, session_id, slots), str(exc), ()
+    latencies["generate_ms"] = (clock() - before) * 1000
+    before = clock()
+    match, nearest = match_library(compliance, ruler, progress, generation.text, policy, slots)
+    result = compliance.decide(match, STAGE_KEY, policy, session_id, slots)
+    latencies["compliance_ms"] = (clock() - before) * 1000
+    return generation.text, result, None, ruler.attempted(progress, nearest)
+
+
+def match_library(
+    compliance: ComplianceFilter,
+    ruler: Ruler,
+    progress: Progress,
+    raw: str,
+    policy: CompliancePolicy,
+    slots: Mapping[str, str],
+) -> tuple[Match, str | None]:
+    """The draft's match among the scripts the call may hear now, and its nearest script over
+    the whole library (preconditions ignored) when that one passes the threshold: one embedding.
+    """
+    started = time.perf_counter()
+    candidates = policy.candidates
+    allowed = set(ruler.available(progress, candidates))
+    fillable = compliance.eligible_mask(policy, slots)
+    mask = fillable & np.array([c in allowed for c in candidates], dtype=bool)
+    if not raw.strip() or not mask.any():
+        return Match(raw, (), None, (), 0.0, (time.perf_counter() - started) * 1000), None
+    hits = tuple(compliance.rule_hits(raw, policy, slots))
+    vector = compliance.embed(raw)
+    embedded = time.perf_counter()
+    view = compliance.index.view(candidates)
+    top, margin = view.top(vector, mask, TOP_K)
+    nearest, _ = view.top(vector, fillable, 1)
+    done = time.perf_counter()
+    match = Match(
+        raw, tuple(top), margin, hits, (embedded - started) * 1000, (done - embedded) * 1000
+    )
+    best = nearest[0][0] if nearest and nearest[0][1] >= policy.threshold and not hits else None
+    return match, best
