@@ -30,6 +30,7 @@ from engine.flow.model import (
     placeholders,
     template_problem,
 )
+from engine.flow.tuning import attach_adapter, check_tuning, compile_tuning
 from engine.flow.yaml_lines import Loc, LocatedYaml, YamlSyntaxError, load_located
 
 HASH_SCHEME = "flow:v1:"
@@ -415,6 +416,7 @@ def _compile(
         intents=MappingProxyType({k: tuple(v) for k, v in intents.intents.items()}),
         library_hash=content_hash(raw["scripts.yaml"], scheme="scripts:v1:"),
         early_stop=flow.compliance.early_stop,
+        tuning=compile_tuning(flow.tuning),
     )
 
 
@@ -444,6 +446,7 @@ def load_flow(folder: str | Path) -> Flow:
         _check_reachability(flow, problems)
         generation = _check_generation(flow, problems)
         _check_compliance_rules(flow, problems)
+        check_tuning(flow, intents, scripts, problems)  # type: ignore[arg-type]
         if isinstance(scripts, schema.ScriptsFile):
             _check_candidates(flow, scripts, problems)
             _check_rules_spare_scripts(flow, scripts, problems)
@@ -451,4 +454,4 @@ def load_flow(folder: str | Path) -> Flow:
         raise FlowValidationError(problems.items)
     assert isinstance(intents, schema.IntentsFile) and isinstance(scripts, schema.ScriptsFile)
     raw = {name: problems.located[name].data for name in schema.FILES}
-    return _compile(folder, flow, intents, scripts, generation, raw)
+    return attach_adapter(_compile(folder, flow, intents, scripts, generation, raw), flow, problems)

@@ -76,6 +76,27 @@ class Script:
 
 
 @dataclass(frozen=True)
+class TuningSpec:
+    """flow.yaml's optional ``tuning:`` section: what the training-data builder cannot derive.
+
+    ``answers``: intent -> acts that answer a customer line of that intent (added to
+    personas.yaml's ``answered_by``); ``default_acts``: llm stage -> acts that answer a line no
+    mapping covers (e.g. the customer describing their usage on entering the pitch);
+    ``slots``: slot -> example values for the training calls' histories.
+    """
+
+    answers: MappingProxyType[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    default_acts: MappingProxyType[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    slots: MappingProxyType[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+
+@dataclass(frozen=True)
 class Flow:
     name: str
     version: str  # content hash, "flow:v1:<sha256>"
@@ -102,6 +123,10 @@ class Flow:
     classifier_model: str = "tfidf"  # "tfidf" | "tfidf+minilm"
     classifier_calibrate: bool = True  # temperature scaling on held-out predictions
     classifier_max_accuracy_drop: float = 0.01  # "auto" rules may cost this much accuracy
+    tuning: TuningSpec = field(default_factory=TuningSpec)
+    adapter: Path | None = None  # llm.adapter: a LoRA adapter folder (checked at load time)
+    adapter_hash: str | None = None  # its manifest's adapter hash, recorded in audit rows
+    warnings: tuple[Any, ...] = ()  # FlowProblem-s that do not stop the flow (stale adapter)
 
     def transition_for(self, stage: Stage, intent: str) -> Transition | None:
         """The stage's own transition for ``intent``, else the flow's global one."""

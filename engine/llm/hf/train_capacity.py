@@ -1,0 +1,220 @@
+"""How much memory tuning needs: weights, gradients, optimizer states, activations (seed §6.1).
+
+For a Llama-style decoder (:class:`engine.llm.hf.capacity.ModelShape`), per method:
+
+- **weights**: every parameter at the base's bytes (fp32 4, bf16 2; int8: the decoder's linear
+  weights 1 byte, the rest 2, as bitsandbytes keeps them). Full fine-tuning in bf16 keeps an
+  fp32 master copy (4 more bytes per parameter) as mixed-precision training does.
+- **gradients**: one per trainable parameter, at the trainable weights' bytes (fp32 for LoRA
+  adapters, whatever the base: PEFT keeps adapters in fp32).
+- **optimizer states**: AdamW's two moments, 8 bytes per trainable parameter (fp32).
+- **activations** for ``batch`` sequences of ``seq`` tokens, as autograd saves them per token and
+  layer: the two norms' inputs and outputs, q/k/v and the attention output, the MLP's gate, up,
+  act(gate) and product (``6 hidden + 2 kv + 4 intermediate`` values), plus the attention
+  weights where attention runs as plain matmuls (torch's math path, which a padded batch takes
+  on CPUs: ``2 x heads x seq`` values per token), plus the logits of the ``keep`` reply
+  positions (three fp32 copies: logits, their float copy and the softmax gradient). With
+  **gradient checkpointing** only each layer's input is kept (``hidden`` values per token and
+  layer) and one layer's activations exist at a time.
+- **FSDP over N devices** shards weights, gradients and optimizer states N ways (activations are
+  per device); with **CPU offload** the parameters, gradients and optimizer states live in host
+  memory and a device holds only the layer being computed (gathered whole) and its activations.
+
+Not counted: the Python process with torch, transformers and peft imported (a constant
+measured separately as the baseline), the tokenizer and the examples. The test compares the
+estimate with the peak resident memory of a real short tuning run in a fresh process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from engine.errors import SalesbotError
+from engine.llm.hf.capacity import ModelShape
+
+METHODS = ("full", "lora")
+WEIGHT_DTYPES = ("fp32", "bf16", "int8")
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class TrainEstimate:
+    method: str
+    dtype: str
+    batch: int
+    seq: int
+    checkpointing: bool
+    devices: int
+    offload: bool
+    params: int
+    trainable: int
+    weights_bytes: int
+    gradient_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int
+    device_bytes: int  # per device
+    host_bytes: int  # CPU memory the offloaded states take (0 without offload)
+
+    @property
+    def total_bytes(self) -> int:
+        """Everything on one machine with one device (the single-device total)."""
+        return (
+            self.weights_bytes + self.gradient_bytes + self.optimizer_bytes + self.activation_bytes
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_bytes": self.total_bytes}
+
+
+def module_shapes(shape: ModelShape) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each decoder projection."""
+    q = shape.heads * shape.head_dim
+    kv = shape.kv_heads * shape.head_dim
+    return {
+        "q_proj": (shape.hidden, q),
+        "k_proj": (shape.hidden, kv),
+        "v_proj": (shape.hidden, kv),
+        "o_proj": (q, shape.hidden),
+        "gate_proj": (shape.hidden, shape.intermediate),
+        "up_proj": (shape.hidden, shape.intermediate),
+        "down_proj": (shape.intermediate, shape.hidden),
+    }
+
+
+def lora_params(shape: ModelShape, rank: int, targets: tuple[str, ...] = PROJECTIONS) -> int:
+    """Trainable parameters of LoRA: ``rank x (in + out)`` per adapted projection and layer."""
+    shapes = module_shapes(shape)
+    unknown = sorted(set(targets) - set(shapes))
+    if unknown:
+        raise SalesbotError(f"unknown LoRA target(s) {', '.join(unknown)} (known: {PROJECTIONS})")
+    return shape.layers * sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets)
+
+
+def activation_bytes(
+    shape: ModelShape,
+    batch: int,
+    seq: int,
+    keep: int,
+    checkpointing: bool,
+    value_bytes: int = 4,
+    math_attention: bool = True,
+) -> int:
+    """Activations autograd holds at the peak (the start of the backward pass)."""
+    kv = shape.kv_heads * shape.head_dim
+    per_layer = 6 * shape.hidden + 2 * kv + 4 * shape.intermediate
+    if math_attention:
+        per_layer += 2 * shape.heads * seq
+    tokens = batch * seq
+    if checkpointing:
+        layers = tokens * (shape.layers * shape.hidden + per_layer) * value_bytes
+    else:
+        layers = tokens * shape.layers * per_layer * value_bytes
+    logits = 3 * batch * keep * shape.vocab * 4
+    embeddings = tokens * shape.hidden * 4
+    return layers + logits + embeddings
+
+
+def estimate_training(
+    shape: ModelShape,
+    *,
+    method: str = "lora",
+    dtype: str = "fp32",
+    batch: int = 4,
+    seq: int = 512,
+    keep: int = 64,
+    checkpointing: bool = False,
+    devices: int = 1,
+    offload: bool = False,
+    rank: int = 16,
+    targets: tuple[str, ...] = PROJECTIONS,
+    math_attention: bool = True,
+) -> TrainEstimate:
+    """Memory of one training step; see the module docstring for each part.
+
+    ``keep``: positions whose logits are computed (salesbot tunes on the reply tokens only, so
+    the longest reply + 1; ``seq`` for plain causal-LM training).
+    """
+    if method not in METHODS:
+        raise SalesbotError(f"method {method!r}: one of {', '.join(METHODS)}")
+    if dtype not in WEIGHT_DTYPES:
+        raise SalesbotError(f"dtype {dtype!r}: one of {', '.join(WEIGHT_DTYPES)}")
+    if method == "full" and dtype == "int8":
+        raise SalesbotError("full fine-tuning cannot train int8 weights (use LoRA on an int8 base)")
+    for label, value in (("batch", batch), ("seq", seq), ("devices", devices), ("rank", rank)):
+        if value < 1:
+            raise SalesbotError(f"{label} must be >= 1, got {value}")
+    params = shape.params()
+    if dtype == "int8":
+        weights = shape.linear_params() + 2 * shape.other_params()
+    else:
+        weights = params * (4 if dtype == "fp32" else 2)
+    if method == "full":
+        trainable = params
+        grad_bytes = 4 if dtype == "fp32" else 2
+        master = 0 if dtype == "fp32" else 4 * params  # fp32 master copy for mixed precision
+        weights += master
+    else:
+        trainable = lora_params(shape, rank, targets)
+        grad_bytes = 4
+        weights += 4 * trainable  # the adapters themselves, fp32
+    gradients = trainable * grad_bytes
+    optimizer = trainable * 8
+    value_bytes = 4 if dtype == "fp32" else 2
+    activations = activation_bytes(
+        shape, batch, seq, min(keep, seq), checkpointing, value_bytes, math_attention
+    )
+    states = weights + gradients + optimizer
+    if offload:
+        layer = (weights // max(shape.layers, 1)) if method == "full" else 0
+        device = activations + layer + (0 if method == "full" else weights // devices)
+        host = states // devices if method == "full" else (gradients + optimizer) // devices
+    else:
+        device = states // devices + activations
+        host = 0
+    return TrainEstimate(
+        method=method,
+        dtype=dtype,
+        batch=batch,
+        seq=seq,
+        checkpointing=checkpointing,
+        devices=devices,
+        offload=offload,
+        params=params,
+        trainable=trainable,
+        weights_bytes=weights,
+        gradient_bytes=gradients,
+        optimizer_bytes=optimizer,
+        activation_bytes=activations,
+        device_bytes=device,
+        host_bytes=host,
+    )
+
+
+def comparison(shape: ModelShape, **common: Any) -> list[TrainEstimate]:
+    """The grid `salesbot capacity --train` prints: full vs LoRA x fp32/bf16/int8 x
+    checkpointing, on one device and, when ``devices`` > 1, FSDP with and without offload."""
+    devices = int(common.pop("devices", 1))
+    layouts = [(1, False)] + ([(devices, False), (devices, True)] if devices > 1 else [])
+    rows = []
+    for method in METHODS:
+        for dtype in WEIGHT_DTYPES:
+            if method == "full" and dtype == "int8":
+                continue
+            for checkpointing in (False, True):
+                layouts = [(1, False)] + (
+                    [(devices, False), (devices, True)] if devices > 1 else []
+                )
+                for n, offload in layouts:
+                    rows.append(
+                        estimate_training(
+                            shape,
+                            method=method,
+                            dtype=dtype,
+                            checkpointing=checkpointing,
+                            devices=n,
+                            offload=offload,
+                            **common,
+                        )
+                    )
+    return rows
