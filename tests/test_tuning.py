@@ -43,7 +43,7 @@ tuning:
   answers: {affirm: [pitch]}
   default_acts: {pitch: [pitch]}
 """
-CONFIG = TuneConfig(max_steps=8, lr=1e-2, rank=4, alpha=8, batch=2, seed=0, save_every=0)
+CONFIG = TuneConfig(epochs=3, max_steps=8, lr=3e-2, rank=4, alpha=8, batch=2, seed=0, save_every=0)
 
 
 def tuned_flow_dir(root: Path, adapter: str | None = None) -> Path:
@@ -243,13 +243,13 @@ def test_engine_records_the_adapter_hash_in_every_audit_row(trained, tmp_path):
 
 
 def test_a_tampered_adapter_is_refused_with_a_clear_error(trained, tmp_path):
-    copy = tmp_path / "flow" / "adapters" / "mini"
+    folder = tuned_flow_dir(tmp_path, adapter="adapters/mini")
+    copy = folder / "adapters" / "mini"
     shutil.copytree(trained["adapter"], copy)
     weights = copy / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01
     weights.write_bytes(bytes(data))
-    folder = tuned_flow_dir(tmp_path, adapter="adapters/mini")
     with pytest.raises(FlowValidationError) as caught:
         load_flow(folder)
     message = str(caught.value)
@@ -283,11 +283,11 @@ def test_an_adapter_trained_on_another_library_is_a_warning(trained, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         flow = load_flow(folder)
+        out = CliRunner().invoke(main, ["validate", str(folder)])
     assert flow.adapter_hash is not None and len(flow.warnings) == 1
     assert "trained on script library" in str(flow.warnings[0])
     assert "flow.yaml:" in str(flow.warnings[0])
     assert any(issubclass(w.category, StaleAdapterWarning) for w in caught)
-    out = CliRunner().invoke(main, ["validate", str(folder)])
     assert out.exit_code == 0 and "WARNING: adapter adapters/mini" in out.output
 
 
@@ -314,7 +314,7 @@ def test_cli_tune_configuration_errors_exit_2(tmp_path):
 def test_cli_tune_dry_run_counts_the_examples():
     out = CliRunner().invoke(main, ["tune", str(ROOT / "flows" / "broadband_en"), "--dry-run"])
     assert out.exit_code == 0, out.output
-    assert "examples (objection" in out.output and "data tuning-data:v1:" in out.output
+    assert "examples (objection" in out.output and "data hash tuning-data:v1:" in out.output
 
 
 def test_manifest_is_json_with_sorted_keys(trained):

@@ -68,7 +68,7 @@ def tune(flow_dir: str, out: str | None, model: str | None, **options) -> None:
     options["targets"] = tuple(t.strip() for t in options["targets"].split(",") if t.strip())
     config = TuneConfig(**options)
     try:
-        config.check()
+        config.preflight()
         if dry_run:
             examples = build_training_set(flow, seed=config.seed)
             _summary(examples)
@@ -84,7 +84,7 @@ def tune(flow_dir: str, out: str | None, model: str | None, **options) -> None:
         f"{result.tokens_per_s:,.0f} tokens/s, {result.seconds:.0f} s, "
         f"peak RSS {result.peak_rss_mb:,.0f} MB"
     )
-    console.print(f"adapter hash {result.manifest.get('adapter_hash')}")
+    console.print(f"adapter hash {result.manifest.get('adapter_hash')}", soft_wrap=True)
 
 
 def _fmt(value: float | None) -> str:
@@ -93,7 +93,8 @@ def _fmt(value: float | None) -> str:
 
 def _summary(examples) -> None:
     by_stage = ", ".join(f"{k} {v}" for k, v in sorted(examples.stages().items()))
-    console.print(f"{len(examples.examples)} examples ({by_stage}); data {examples.data_hash()}")
+    console.print(f"{len(examples.examples)} examples ({by_stage})")
+    console.print(f"data hash {examples.data_hash()}", soft_wrap=True)
     if examples.uncovered:
         pairs = ", ".join(f"{intent}@{stage}" for stage, intent in examples.uncovered)
         console.print(

@@ -117,9 +117,15 @@ def bank_lines(flow: Flow) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in load_population(flow).bank.intents.items()}
 
 
-def contexts(flow: Flow, arm: Arm = "hybrid", llm_turns: int = LLM_TURNS) -> list[Context]:
+def contexts(
+    flow: Flow,
+    arm: Arm = "hybrid",
+    llm_turns: int = LLM_TURNS,
+    answerable: Callable[[str, str], bool] = lambda stage, intent: True,
+) -> list[Context]:
     """Every (history, stage, intent) at which the policy asks the LLM for a reply, over the
-    shortest scripted way to each stage and up to ``llm_turns`` earlier LLM exchanges."""
+    shortest scripted way to each stage and up to ``llm_turns`` earlier LLM exchanges (only
+    through exchanges that ``answerable(stage, intent)`` says have an answering script)."""
     start = entry(flow, flow.start, None, arm, "start")
     first = Step(None, flow.start, start.reply.script_id if start.reply.kind == "script" else None)
     queue: deque[tuple[str, tuple[Step, ...], int]] = deque([(flow.start, (first,), 0)])
@@ -136,7 +142,12 @@ def contexts(flow: Flow, arm: Arm = "hybrid", llm_turns: int = LLM_TURNS) -> lis
                 found.append(Context(history, at, intent, decision.reply.stage, script_id))
                 step = Step(intent, decision.reply.stage, script_id)
                 key = (decision.stage, llm_count + 1)
-                if llm_count < llm_turns and not target.is_end and key not in seen:
+                if (
+                    llm_count < llm_turns
+                    and not target.is_end
+                    and key not in seen
+                    and (script_id is not None or answerable(decision.reply.stage, intent))
+                ):
                     seen.add(key)
                     queue.append((decision.stage, (*history, step), llm_count + 1))
             elif not target.is_end and (decision.stage, llm_count) not in seen:
@@ -167,7 +178,11 @@ def build_training_set(
     answers = answer_map(flow)
     examples: list[Example] = []
     uncovered: dict[tuple[str, str], None] = {}
-    for ctx in contexts(flow, arm, llm_turns):
+
+    def answerable(stage: str, intent: str) -> bool:
+        return bool(_answering(flow, stage, intent, answers)) and bool(lines.get(intent))
+
+    for ctx in contexts(flow, arm, llm_turns, answerable):
         replies = _answering(flow, ctx.stage, ctx.intent, answers, ctx.script_id)
         said = lines.get(ctx.intent, ())
         if not replies:

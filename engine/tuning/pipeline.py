@@ -35,6 +35,7 @@ def tune_flow(
 ) -> tuple[TuneResult, TrainingSet]:
     """Build the flow's examples and train an adapter on ``model_path`` (default: the flow's
     transformers model, else SmolLM2-135M-Instruct), or on an in-memory ``model``."""
+    config.preflight()
     examples = build_training_set(flow, seed=config.seed)
     if not examples.examples:
         raise TuningConfigError(

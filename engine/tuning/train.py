@@ -92,6 +92,17 @@ class TuneConfig:
         if not self.targets:
             raise TuningConfigError("targets: name at least one module (e.g. q_proj,v_proj)")
 
+    def preflight(self) -> str:
+        """:meth:`check` plus what this machine can run; accelerate's mixed-precision mode.
+        Called before any model is loaded, so a wrong option fails in a second."""
+        import torch
+
+        self.check()
+        cuda = torch.cuda.is_available()
+        if self.load_in_8bit and not cuda:
+            raise TuningConfigError("8-bit base weights (bitsandbytes) need a CUDA GPU")
+        return mixed_precision(self.precision, cuda)
+
 
 @dataclass
 class TuneResult:
@@ -268,14 +279,12 @@ def tune(
 
     from engine.tuning.manifest import write_manifest
 
-    config.check()
+    precision = config.preflight()
     out = Path(out)
     set_seed(config.seed)
     cuda = torch.cuda.is_available()
-    if config.load_in_8bit and not cuda:
-        raise TuningConfigError("8-bit base weights (bitsandbytes) need a CUDA GPU")
     accelerator = Accelerator(
-        mixed_precision=mixed_precision(config.precision, cuda),
+        mixed_precision=precision,
         gradient_accumulation_steps=config.grad_accum,
         cpu=not cuda,
     )
@@ -372,7 +381,7 @@ def tune(
                 optimizer.zero_grad()
             micro += 1
             tokens += batch["tokens"]
-            window_loss, window_n = window_loss + float(loss_sum), window_n + n
+            window_loss, window_n = window_loss + float(loss_sum.detach()), window_n + n
             if accelerator.sync_gradients:
                 step += 1
                 losses.append(window_loss / max(window_n, 1))

@@ -27,6 +27,7 @@ estimate with the peak resident memory of a real short tuning run in a fresh pro
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -218,3 +219,83 @@ def comparison(shape: ModelShape, **common: Any) -> list[TrainEstimate]:
                         )
                     )
     return rows
+
+
+# -- measurement -----------------------------------------------------------------------------
+
+_MEASURE = r"""
+import gc, json, sys
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from engine.tuning.data import Example
+from engine.tuning.train import TuneConfig, tune
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+shape = json.loads(sys.argv[1])
+batch, seq, keep, steps, ckpt = (int(a) for a in sys.argv[2:7])
+torch.set_num_threads(1)
+
+class Tokens:
+    # Fixed-length ids without a tokenizer: every prompt has seq - keep + 1 tokens and every
+    # reply keep - 2 tokens plus the end of turn, so a batch is exactly batch x seq.
+    eos_token_id, pad_token_id = 2, 0
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True):
+        return [3 + (i * 7) % 97 for i in range(seq - keep + 1)]
+    def encode(self, text, add_special_tokens=False):
+        return [5 + (i * 11) % 89 for i in range(keep - 2)]
+
+def model_of(s):
+    config = LlamaConfig(vocab_size=s["vocab"], hidden_size=s["hidden"],
+        intermediate_size=s["intermediate"], num_hidden_layers=s["layers"],
+        num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
+        max_position_embeddings=max(seq, 64), tie_word_embeddings=s["tied"])
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
+
+examples = [Example("s", "i", "c", ({"role": "user", "content": "x"},), "r", "id", "a")] * (
+    batch * steps)
+small = dict(shape, hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1, vocab=128)
+config = TuneConfig(max_steps=steps, batch=batch, save_every=0, precision="fp32",
+                    gradient_checkpointing=bool(ckpt), eval_examples=0)
+import tempfile
+with tempfile.TemporaryDirectory() as out:
+    tune(model_of(small), Tokens(), examples[:batch], out, config, progress=False)  # warm-up
+    gc.collect()
+    base = status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # the peak (VmHWM) counts from here
+    tune(model_of(shape), Tokens(), examples, out, config, progress=False)
+print(json.dumps({"base": base, "peak": status("VmHWM")}))
+"""
+
+
+def measure_training_peak(
+    shape: ModelShape, *, batch: int, seq: int, keep: int, steps: int = 2, checkpointing=False
+) -> dict[str, int]:
+    """Tune a random-weight model of ``shape`` for ``steps`` LoRA steps (fp32, CPU, the
+    default targets) in a fresh process; its resident memory before (``base``, after a warm-up
+    run that loads torch's kernels) and at the peak (bytes). A fresh process so that nothing
+    else is allocated; RSS because torch's CPU allocator keeps no statistics."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _MEASURE,
+            json.dumps(asdict(shape)),
+            *(str(v) for v in (batch, seq, keep, steps, int(checkpointing))),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SalesbotError(f"measurement failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
