@@ -99,11 +99,10 @@ def activation_bytes(
     keep: int,
     checkpointing: bool,
     value_bytes: int = 4,
-    math_attention: bool = True,
+    math_attention: bool = False,
 ) -> int:
     """Activations autograd holds at the peak (the start of the backward pass)."""
-    kv = shape.kv_heads * shape.head_dim
-    per_layer = 6 * shape.hidden + 2 * kv + 4 * shape.intermediate
+    per_layer = 9 * shape.hidden + 4 * shape.intermediate
     if math_attention:
         per_layer += 2 * shape.heads * seq
     tokens = batch * seq
@@ -129,7 +128,7 @@ def estimate_training(
     offload: bool = False,
     rank: int = 16,
     targets: tuple[str, ...] = PROJECTIONS,
-    math_attention: bool = True,
+    math_attention: bool = False,
 ) -> TrainEstimate:
     """Memory of one training step; see the module docstring for each part.
 
@@ -275,12 +274,20 @@ print(json.dumps({"base": base, "peak": status("VmHWM")}))
 
 
 def measure_training_peak(
-    shape: ModelShape, *, batch: int, seq: int, keep: int, steps: int = 2, checkpointing=False
+    shape: ModelShape,
+    *,
+    batch: int,
+    seq: int,
+    keep: int,
+    steps: int = 2,
+    checkpointing: bool = False,
+    env: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Tune a random-weight model of ``shape`` for ``steps`` LoRA steps (fp32, CPU, the
     default targets) in a fresh process; its resident memory before (``base``, after a warm-up
     run that loads torch's kernels) and at the peak (bytes). A fresh process so that nothing
     else is allocated; RSS because torch's CPU allocator keeps no statistics."""
+    import os
     import subprocess
     import sys
 
@@ -295,6 +302,7 @@ def measure_training_peak(
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, **(env or {})},
     )
     if result.returncode != 0:
         raise SalesbotError(f"measurement failed:\n{result.stderr[-2000:]}")
