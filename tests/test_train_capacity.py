@@ -100,5 +100,5 @@ def test_cli_capacity_train_prints_the_grid():
         False,
     ) in layouts
     assert ("full", "int8", False, 1, False) not in layouts  # int8 weights are not trained
-    table = CliRunner().invoke(main, args, terminal_width=200)
+    table = CliRunner().invoke(main, args, env={"COLUMNS": "200"})
     assert table.exit_code == 0 and "FSDP x4 + offload" in table.output

@@ -54,6 +54,13 @@ from engine.errors import SalesbotError
 @click.option("--load-in-8bit", is_flag=True, help="8-bit base weights (bitsandbytes, CUDA).")
 @click.option("--max-length", type=int, default=1024, show_default=True)
 @click.option("--save-every", type=int, default=50, show_default=True, help="Checkpoint period.")
+@click.option(
+    "--eval-examples",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Held-out (bank) examples scored before and after; 0 for none.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in OUT.")
 @click.option("--dry-run", is_flag=True, help="Build and count the examples; train nothing.")

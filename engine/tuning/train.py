@@ -75,7 +75,7 @@ class TuneConfig:
     seed: int = 0
     save_every: int = 50  # optimizer steps between checkpoints (0: none)
     log_every: int = 1
-    eval_examples: int = 64  # held-out examples scored before and after training
+    eval_examples: int = 32  # held-out examples scored before and after training
 
     def check(self) -> None:
         if self.precision not in PRECISIONS:
