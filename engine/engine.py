@@ -407,6 +407,7 @@ class Engine:
                 "rule_hits": [hit.as_dict() for hit in result.rule_hits],
                 "embedder": self.compliance.embedder_name,
                 "library_hash": self.flow.library_hash,
+                "adapter_hash": _adapter_hash(self.backend),
                 "error": error,
                 "latencies": {"embed_ms": result.embed_ms, "match_ms": result.match_ms},
                 "created_at": now,
@@ -493,11 +494,25 @@ def _flow_backend(flow: Flow, name: str | None, options: Mapping[str, Any] | Non
     """The flow's backend (or the deployment's choice), loaded now: a lazy load on the first
     LLM turn would count against that turn's deadline and send its customer a fallback."""
     if name is None or name == flow.backend:
-        backend = create_backend(flow.backend, **{**flow.backend_options, **dict(options or {})})
+        adapter = (
+            {"adapter": flow.adapter} if flow.adapter and flow.backend == "transformers" else {}
+        )
+        backend = create_backend(
+            flow.backend, **{**adapter, **flow.backend_options, **dict(options or {})}
+        )
     else:
         backend = create_backend(name, **dict(options or {}))
     backend.load()
     return backend
+
+
+def _adapter_hash(backend: Any) -> str | None:
+    """The tuned adapter merged into the serving model (through any wrapper), for the audit."""
+    while backend is not None:
+        if getattr(backend, "adapter_hash", None):
+            return backend.adapter_hash
+        backend = getattr(backend, "inner", None)
+    return None
 
 
 @dataclass

@@ -134,6 +134,7 @@ class ComplianceDecision(Base):
     top_k: Mapped[dict[str, Any]] = mapped_column(default=dict)
     embedder: Mapped[str] = mapped_column(String(80))
     library_hash: Mapped[str] = mapped_column(String(100))
+    adapter_hash: Mapped[str | None] = mapped_column(String(100))  # LoRA adapter, if tuned
     rule_hits: Mapped[list[Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     latencies: Mapped[dict[str, Any]] = mapped_column(default=dict)

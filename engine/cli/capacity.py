@@ -51,11 +51,32 @@ def _size(value: int) -> str:
     is_flag=True,
     help="Also serve the default model in a fresh process and report its peak resident memory.",
 )
+@click.option("--train", is_flag=True, help="Memory of tuning (full vs LoRA, FSDP, offload).")
+@click.option("--seq", type=click.IntRange(min=1), default=512, show_default=True, help="--train")
+@click.option("--keep", type=click.IntRange(min=1), default=64, show_default=True, help="--train")
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True, help="--train")
+@click.option("--rank", type=click.IntRange(min=1), default=16, show_default=True, help="--train")
 def capacity(
-    model: str, dtype: str, context: int, sessions: int, batch: int, as_json: bool, measure: bool
+    model: str,
+    dtype: str,
+    context: int,
+    sessions: int,
+    batch: int,
+    as_json: bool,
+    measure: bool,
+    **train: int,
 ) -> None:
     """Estimate weights, KV cache per token and per session, activations and total memory."""
     from engine.llm.hf.capacity import MODEL_ALIASES, estimate, load_shape, measure_peak
+
+    if train.pop("train"):
+        from engine.cli.capacity_train import print_training
+
+        try:
+            shape, label = load_shape(model)
+        except SalesbotError as exc:
+            raise _ConfigError(str(exc)) from None
+        return print_training(shape, label, batch=batch, as_json=as_json, **train)
 
     try:
         shape, label = load_shape(model)

@@ -35,6 +35,8 @@ def validate(flow_dir: str) -> None:
         f"{sum(len(v) for v in flow.intents.values())} examples, {len(flow.scripts)} scripts"
     )
     console.print(f"version {flow.version}")
+    for warning in flow.warnings:
+        console.print(f"[yellow]{warning}[/yellow]")
 
 
 @main.command()
@@ -57,8 +59,9 @@ def _register_subcommands() -> None:
     from engine.cli.report import report
     from engine.cli.serve import serve
     from engine.cli.simulate import simulate
+    from engine.cli.tune import tune
 
-    for command in (chat, demo, capacity, compliance, intents, report, serve, simulate):
+    for command in (chat, demo, capacity, compliance, intents, report, serve, simulate, tune):
         main.add_command(command)
 
 

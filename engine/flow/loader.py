@@ -31,6 +31,7 @@ from engine.flow.model import (
 )
 from engine.flow.problems import Problems
 from engine.flow.slots import compile_slot
+from engine.flow.tuning import attach_adapter, check_tuning, compile_tuning
 from engine.flow.yaml_lines import Loc
 from engine.hashing import content_hash
 
@@ -451,6 +452,7 @@ def _compile(
             for name, m in flow.milestones.items()
         ),
         pure_llm=pure_policy,
+        tuning=compile_tuning(flow.tuning),
     )
 
 
@@ -480,10 +482,11 @@ def load_flow(folder: str | Path) -> Flow:
         _check_reachability(flow, problems)
         generation = _check_generation(flow, problems)
         _check_compliance_rules(flow, problems)
+        check_tuning(flow, intents, scripts, problems)  # type: ignore[arg-type]
         if isinstance(scripts, schema.ScriptsFile):
             _check_candidates(flow, scripts, problems)
             _check_rules_spare_scripts(flow, scripts, problems)
     problems.raise_if_any()
     assert isinstance(intents, schema.IntentsFile) and isinstance(scripts, schema.ScriptsFile)
     raw = {name: problems.located[name].data for name in schema.FILES}
-    return _compile(folder, flow, intents, scripts, generation, raw)
+    return attach_adapter(_compile(folder, flow, intents, scripts, generation, raw), flow, problems)

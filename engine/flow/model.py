@@ -91,6 +91,27 @@ class Milestone:
 
 
 @dataclass(frozen=True)
+class TuningSpec:
+    """flow.yaml's optional ``tuning:`` section: what the training-data builder cannot derive.
+
+    ``answers``: intent -> acts that answer a customer line of that intent (added to
+    personas.yaml's ``answered_by``); ``default_acts``: llm stage -> acts that answer a line no
+    mapping covers (e.g. the customer describing their usage on entering the pitch);
+    ``slots``: slot -> example values for the training calls' histories.
+    """
+
+    answers: MappingProxyType[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    default_acts: MappingProxyType[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    slots: MappingProxyType[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+
+@dataclass(frozen=True)
 class Flow:
     name: str
     version: str  # content hash, "flow:v1:<sha256>"
@@ -125,6 +146,10 @@ class Flow:
     universal_fallback: str | None = None
     milestones: tuple[Milestone, ...] = ()  # flags the ruler sets from the customer's intents
     pure_llm: CompliancePolicy | None = None  # the pure_llm arm's filter over the whole library
+    tuning: TuningSpec = field(default_factory=TuningSpec)
+    adapter: Path | None = None  # llm.adapter: a LoRA adapter folder (checked at load time)
+    adapter_hash: str | None = None  # its manifest's adapter hash, recorded in audit rows
+    warnings: tuple[Any, ...] = ()  # FlowProblem-s that do not stop the flow (stale adapter)
 
     def transition_for(self, stage: Stage, intent: str) -> Transition | None:
         """The stage's own transition for ``intent``, else the flow's global one."""

@@ -160,6 +160,28 @@ class LLMConfig(_Strict):
     backend_options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword options of the backend (model, dtype, ...)."
     )
+    adapter: str | None = Field(
+        None,
+        description="A LoRA adapter folder made by `salesbot tune`, relative to the flow folder "
+        "(e.g. adapters/broadband_en); the transformers backend merges it at load.",
+    )
+
+
+class TuningConfig(_Strict):
+    """What `salesbot tune` cannot derive from the flow (see engine.tuning.data)."""
+
+    answers: dict[Name, list[Name]] = Field(
+        default_factory=dict,
+        description="Intent -> acts that answer a customer line of that intent (added to "
+        "personas.yaml's answered_by).",
+    )
+    default_acts: dict[Name, list[Name]] = Field(
+        default_factory=dict,
+        description="llm stage -> acts that answer a line no mapping covers.",
+    )
+    slots: dict[Name, list[Annotated[str, Field(min_length=1)]]] = Field(
+        default_factory=dict, description="Slot -> example values for the training calls."
+    )
 
 
 def _slot_short_form(value: Any) -> Any:
@@ -269,6 +291,7 @@ class FlowFile(_Strict):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     compliance: ComplianceConfig
     llm: LLMConfig = Field(default_factory=LLMConfig)
+    tuning: TuningConfig | None = None
     global_: dict[Name, Transition] = Field(default_factory=dict, alias="global")
     stages: dict[Name, Stage] = Field(min_length=1)
     milestones: dict[Name, Milestone] = Field(

@@ -46,7 +46,9 @@ class TransformersBackend(LLMBackend):
     ``dtype``: auto (bf16 where native, see engine.llm.hf.precision) | fp32 | bf16 | int8 (CPU),
     fp32 | bf16 | fp16 (CUDA). ``cache_mb``: memory budget
     for all sessions' cached prompts (0 turns reuse off). ``threads``: torch intra-op threads
-    (0 = torch's default, one per core). ``device``: auto | cpu | cuda[:n].
+    (0 = torch's default, one per core). ``device``: auto | cpu | cuda[:n]. ``adapter``: a
+    LoRA adapter folder made by `salesbot tune`, verified against its manifest and merged into
+    the weights at load (engine.tuning.adapters), so decoding is unchanged.
     """
 
     name = "transformers"
@@ -61,8 +63,12 @@ class TransformersBackend(LLMBackend):
         threads: int = 0,
         cache_mb: float = DEFAULT_CACHE_MB,
         device: str = "auto",
+        adapter: str | Path | None = None,
     ):
         self.model_path = Path(model) if model else None
+        self.adapter = Path(adapter) if adapter else None
+        self.adapter_hash: str | None = None  # set once the adapter is merged
+        self._base_sha256: str | None = None
         self.dtype = dtype
         self.threads = threads
         self.cache_mb = cache_mb
@@ -83,6 +89,10 @@ class TransformersBackend(LLMBackend):
         precision = resolve_precision(self.dtype, self.device)
         path = self.model_path or default_model_path()
         model, tokenizer = load_model_and_tokenizer(path, precision.load_dtype)
+        if self.adapter:
+            from engine.tuning.adapters import base_file_sha256
+
+            self._base_sha256 = base_file_sha256(path)
         self.use_model(model, tokenizer)
 
     def use_model(self, model, tokenizer) -> TransformersBackend:
@@ -93,6 +103,11 @@ class TransformersBackend(LLMBackend):
         if self.threads:
             torch.set_num_threads(self.threads)
         precision = resolve_precision(self.dtype, self.device)
+        if self.adapter:  # merged before any dtype change or int8 quantisation
+            from engine.tuning.adapters import merge_adapter
+
+            model, manifest = merge_adapter(model, self.adapter, self._base_sha256)
+            self.adapter_hash = manifest["adapter_hash"]
         model = prepare_model(model, precision)
         from engine.llm.hf.attention import use_grouped_sdpa
 

@@ -1,0 +1,271 @@
+"""Training examples for the LLM stage, built from the flow itself: no hand-labelling.
+
+An example is what the engine would send the model at one LLM turn (the prompt, built by the
+same :func:`engine.llm.prompt.build_messages` the engine serves with, so training and serving
+cannot drift) and the reply it should have drafted: the rendered text of an approved script of
+that stage whose act answers what the customer just said.
+
+Where the pieces come from:
+
+- **call histories**: the engine's own policy (:func:`engine.policy.decide`) walked from the
+  start stage: each scripted turn of the way there (greeting.open, identity.ask, ...) with a
+  customer line of the intent that moves the call on, and up to ``llm_turns`` earlier LLM
+  exchanges in the LLM stages;
+- **customer lines**: ``intents.yaml`` (the classifier's training examples). Never
+  ``utterances.yaml``: that is the simulation's held-out bank, the evaluation set
+  (:func:`bank_lines` reads it for evaluation only);
+- **which acts answer a line**: personas.yaml's ``moves`` (intent -> ``answered_by``), plus
+  flow.yaml's optional ``tuning.answers``; a line no mapping covers is answered by the stage's
+  ``tuning.default_acts``, else it yields no example and is listed in ``uncovered``.
+
+Everything is drawn from one seeded generator: the same flow and seed give the same examples,
+and :meth:`TrainingSet.data_hash` names them in the adapter's manifest.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.flow.loader import content_hash
+from engine.flow.model import Flow, Stage
+from engine.llm.base import ChatMessage
+from engine.llm.prompt import build_messages
+from engine.policy import Arm, decide, entry
+
+DATA_SCHEME = "tuning-data:v1:"
+LLM_TURNS = 2  # earlier LLM exchanges a training history may hold
+NAMES = {
+    "en": ("Alex", "Sam", "Jordan", "Morgan", "Chris", "Pat", "Lee", "Robin", "Jamie", "Taylor"),
+    "zh": ("王伟", "李娜", "张敏", "刘洋", "陈静", "杨磊", "赵军", "黄丽"),
+}
+# A prompt builder: the engine's build_messages signature. The pure-LLM playbook prompt (issue
+# 15) plugs in here, with arm="pure_llm".
+MessagesFn = Callable[..., list[ChatMessage]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One earlier exchange of a history: what the customer meant and how the bot answered."""
+
+    intent: str | None  # None: the bot spoke first
+    stage: str  # the stage whose reply it was
+    script_id: str | None  # a scripted reply; None: an LLM reply (an answering script is drawn)
+
+
+@dataclass(frozen=True)
+class Context:
+    """An LLM turn the policy can reach: after ``history``, a line of ``intent`` said in
+    ``at`` gets an LLM reply drafted for stage ``stage``."""
+
+    history: tuple[Step, ...]
+    at: str
+    intent: str
+    stage: str
+    script_id: str | None = None  # pure-LLM arm: the script the hybrid arm would send
+
+
+@dataclass(frozen=True)
+class Example:
+    stage: str
+    intent: str
+    customer: str
+    messages: tuple[ChatMessage, ...]
+    reply: str
+    script_id: str
+    act: str
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    examples: tuple[Example, ...]
+    uncovered: tuple[tuple[str, str], ...]  # (stage, intent) pairs no script answers
+
+    def data_hash(self) -> str:
+        """Tagged sha256 of the (prompt, reply) pairs, in order: the manifest's data hash."""
+        return content_hash(
+            [[list(map(dict, e.messages)), e.reply] for e in self.examples], scheme=DATA_SCHEME
+        )
+
+    def stages(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for example in self.examples:
+            counts[example.stage] = counts.get(example.stage, 0) + 1
+        return counts
+
+
+def answer_map(flow: Flow) -> dict[str, tuple[str, ...]]:
+    """Intent -> acts that answer it: personas.yaml's moves plus flow.yaml's tuning.answers."""
+    answers: dict[str, list[str]] = {}
+    if (Path(flow.folder) / "personas.yaml").is_file():
+        from engine.simulation.personas import load_population
+
+        for move in load_population(flow).moves.values():
+            answers.setdefault(move.intent, []).extend(move.answered_by)
+    for intent, acts in flow.tuning.answers.items():
+        answers.setdefault(intent, []).extend(acts)
+    return {intent: tuple(dict.fromkeys(acts)) for intent, acts in answers.items()}
+
+
+def bank_lines(flow: Flow) -> dict[str, tuple[str, ...]]:
+    """The held-out customer lines (utterances.yaml): for evaluation, never for training."""
+    from engine.simulation.personas import load_population
+
+    return {k: tuple(v) for k, v in load_population(flow).bank.intents.items()}
+
+
+def contexts(
+    flow: Flow,
+    arm: Arm = "hybrid",
+    llm_turns: int = LLM_TURNS,
+    answerable: Callable[[str, str], bool] = lambda stage, intent: True,
+) -> list[Context]:
+    """Every (history, stage, intent) at which the policy asks the LLM for a reply, over the
+    shortest scripted way to each stage and up to ``llm_turns`` earlier LLM exchanges (only
+    through exchanges that ``answerable(stage, intent)`` says have an answering script)."""
+    start = entry(flow, flow.start, None, arm, "start")
+    first = Step(None, flow.start, start.reply.script_id if start.reply.kind == "script" else None)
+    queue: deque[tuple[str, tuple[Step, ...], int]] = deque([(flow.start, (first,), 0)])
+    seen = {(flow.start, 0)}
+    found: list[Context] = []
+    while queue:
+        at, history, llm_count = queue.popleft()
+        for intent in flow.intents:
+            decision = decide(flow, at, 0, intent, arm)
+            target = flow.stages[decision.stage]
+            if decision.reply.kind == "llm":
+                hybrid = decide(flow, at, 0, intent, "hybrid").reply
+                script_id = hybrid.script_id if hybrid.kind == "script" else None
+                found.append(Context(history, at, intent, decision.reply.stage, script_id))
+                step = Step(intent, decision.reply.stage, script_id)
+                key = (decision.stage, llm_count + 1)
+                if (
+                    llm_count < llm_turns
+                    and not target.is_end
+                    and key not in seen
+                    and (script_id is not None or answerable(decision.reply.stage, intent))
+                ):
+                    seen.add(key)
+                    queue.append((decision.stage, (*history, step), llm_count + 1))
+            elif not target.is_end and (decision.stage, llm_count) not in seen:
+                seen.add((decision.stage, llm_count))
+                step = Step(intent, decision.reply.stage, decision.reply.script_id)
+                queue.append((decision.stage, (*history, step), llm_count))
+    return found
+
+
+def build_training_set(
+    flow: Flow,
+    *,
+    seed: int = 0,
+    lines: Mapping[str, Sequence[str]] | None = None,
+    arm: Arm = "hybrid",
+    messages_fn: MessagesFn = build_messages,
+    llm_turns: int = LLM_TURNS,
+    per_line: int = 1,
+) -> TrainingSet:
+    """(prompt -> approved reply) examples for every LLM turn the flow can reach.
+
+    ``lines``: intent -> customer lines; intents.yaml by default. Pass :func:`bank_lines` only
+    to build an evaluation set. Each line of each reachable context gives ``per_line`` examples
+    (histories, slots and the answering script drawn from the seeded generator).
+    """
+    rng = random.Random(seed)
+    lines = flow.intents if lines is None else lines
+    answers = answer_map(flow)
+    examples: list[Example] = []
+    uncovered: dict[tuple[str, str], None] = {}
+
+    def answerable(stage: str, intent: str) -> bool:
+        return bool(_answering(flow, stage, intent, answers)) and bool(lines.get(intent))
+
+    for ctx in contexts(flow, arm, llm_turns, answerable):
+        replies = _answering(flow, ctx.stage, ctx.intent, answers, ctx.script_id)
+        said = lines.get(ctx.intent, ())
+        if not replies:
+            if said:
+                uncovered[(ctx.stage, ctx.intent)] = None
+            continue
+        for customer in said:
+            for _ in range(per_line):
+                slots = _slots(flow, rng)
+                history = _realise(flow, ctx.history, lines, answers, slots, rng)
+                if history is None:
+                    continue
+                script = flow.scripts[rng.choice(replies)]
+                stage: Stage = flow.stages[ctx.stage]
+                messages = messages_fn(flow, stage, history, slots, customer)
+                examples.append(
+                    Example(
+                        stage=ctx.stage,
+                        intent=ctx.intent,
+                        customer=customer,
+                        messages=tuple(messages),
+                        reply=script.render(slots),
+                        script_id=script.id,
+                        act=script.act,
+                    )
+                )
+    rng.shuffle(examples)
+    return TrainingSet(tuple(examples), tuple(uncovered))
+
+
+def _answering(
+    flow: Flow,
+    stage_name: str,
+    intent: str,
+    answers: Mapping[str, tuple[str, ...]],
+    script_id: str | None = None,
+) -> list[str]:
+    """Approved scripts of the stage whose act answers ``intent`` (sorted ids)."""
+    if script_id is not None:
+        return [script_id]
+    stage = flow.stages[stage_name]
+    candidates = stage.compliance.candidates if stage.compliance else ()
+    acts = answers.get(intent) or flow.tuning.default_acts.get(stage_name, ())
+    return sorted(s for s in candidates if flow.scripts[s].act in acts)
+
+
+def _slots(flow: Flow, rng: random.Random) -> dict[str, str]:
+    slots: dict[str, str] = {}
+    for name, default in flow.slot_defaults.items():
+        values = flow.tuning.slots.get(name)
+        if values:
+            slots[name] = rng.choice(values)
+        elif default is not None:
+            slots[name] = default
+        else:
+            pool = NAMES.get(flow.language.split("-")[0], NAMES["en"])
+            slots[name] = rng.choice(pool) if "name" in name else name.replace("_", " ")
+    return slots
+
+
+def _realise(
+    flow: Flow,
+    steps: Sequence[Step],
+    lines: Mapping[str, Sequence[str]],
+    answers: Mapping[str, tuple[str, ...]],
+    slots: dict[str, str],
+    rng: random.Random,
+) -> list[tuple[str | None, str]] | None:
+    """Concrete (customer text, bot reply) pairs for a history; None when a step has no line
+    or no answering script to show."""
+    history: list[tuple[str | None, str]] = []
+    for step in steps:
+        customer = None
+        if step.intent is not None:
+            said = lines.get(step.intent)
+            if not said:
+                return None
+            customer = rng.choice(said)
+        script_id = step.script_id
+        if script_id is None:
+            replies = _answering(flow, step.stage, step.intent or "", answers)
+            if not replies:
+                return None
+            script_id = rng.choice(replies)
+        history.append((customer, flow.render(script_id, slots)))
+    return history
