@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from engine.hashing import file_sha256
 from engine.tuning.manifest import check_base, verify_adapter
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
@@ -20,8 +21,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 def base_file_sha256(path: str | Path) -> str:
     """What the manifest calls the base model's file hash: a GGUF's sha256, or for a Hugging
     Face folder the sha256 over its config and weight files."""
-    from engine.llm.hf.models import file_sha256
-
     path = Path(path)
     if path.is_file():
         return file_sha256(path)

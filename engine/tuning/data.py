@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.flow.loader import content_hash
 from engine.flow.model import Flow, Stage
+from engine.hashing import content_hash
 from engine.llm.base import ChatMessage
 from engine.llm.prompt import build_messages
 from engine.policy import Arm, decide, entry
@@ -87,7 +87,7 @@ class TrainingSet:
     def data_hash(self) -> str:
         """Tagged sha256 of the (prompt, reply) pairs, in order: the manifest's data hash."""
         return content_hash(
-            [[list(map(dict, e.messages)), e.reply] for e in self.examples], scheme=DATA_SCHEME
+            [[list(map(dict, e.messages)), e.reply] for e in self.examples], DATA_SCHEME
         )
 
     def stages(self) -> dict[str, int]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import SalesbotError
+from engine.hashing import file_sha256
 
 MANIFEST = "salesbot-manifest.json"
 FORMAT = "salesbot-adapter/1"
@@ -26,14 +27,6 @@ ADAPTER_SCHEME = "adapter:v1:"
 
 class AdapterError(SalesbotError):
     """An adapter folder is missing, incomplete, tampered with or made for another base model."""
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def adapter_hash(folder: str | Path) -> str:
@@ -46,7 +39,7 @@ def adapter_hash(folder: str | Path) -> str:
     )
     for path in files:
         digest.update(path.relative_to(folder).as_posix().encode("utf-8") + b"\0")
-        digest.update(_file_sha256(path).encode("ascii") + b"\n")
+        digest.update(file_sha256(path).encode("ascii") + b"\n")
     return ADAPTER_SCHEME + digest.hexdigest()
 
 
