@@ -94,6 +94,14 @@ def _log_config(level: str) -> dict:
     help="Seconds an idle keep-alive connection stays open: above a load balancer's idle "
     "timeout (often 60 s), so the server never closes a connection a client is reusing.",
 )
+@click.option(
+    "--worker-start-timeout",
+    type=click.IntRange(5, 3600),
+    default=120,
+    show_default=True,
+    help="Seconds a worker may take to start (it loads the classifier, embedder and LLM) and to "
+    "answer the supervisor's health check while busy, before it is replaced.",
+)
 def serve(
     flow_dir: str,
     db: str,
@@ -108,6 +116,7 @@ def serve(
     log_level: str,
     access_log: bool,
     timeout_keep_alive: int,
+    worker_start_timeout: int,
 ) -> None:
     """Serve a flow over HTTP for call-centre backends (FastAPI on uvicorn).
 
@@ -178,7 +187,17 @@ def serve(
         metrics_dir = tempfile.mkdtemp(prefix="salesbot-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        uvicorn.run("engine.http.app:app_from_env", factory=True, workers=workers, **common)
+        # uvicorn's supervisor pings each worker and replaces one that does not answer within
+        # timeout_worker_healthcheck (5 s by default). A worker importing torch and loading
+        # models holds the GIL for longer than that on a busy 2-core machine, so with the default
+        # every worker was killed while starting and the service never came up.
+        uvicorn.run(
+            "engine.http.app:app_from_env",
+            factory=True,
+            workers=workers,
+            timeout_worker_healthcheck=worker_start_timeout,
+            **common,
+        )
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
