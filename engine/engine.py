@@ -203,12 +203,21 @@ class Engine:
         self._remember_arm(snapshot.id, (mode, arm_flow))
         return planned.reply
 
-    def turn(self, session_id: str, text: str, *, idempotency_key: str | None = None) -> Reply:
+    def turn(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        idempotency_key: str | None = None,
+        idempotency_scope: str | None = None,
+    ) -> Reply:
         """Handle one thing the caller said and return the bot's reply.
 
         With an ``idempotency_key``, a retried request returns the reply stored the first time
         and writes nothing new; the same key with another text raises
-        :class:`~engine.errors.IdempotencyKeyReused`.
+        :class:`~engine.errors.IdempotencyKeyReused`. With an ``idempotency_scope`` (the caller's
+        identity, e.g. the HTTP service's API-key name) the key is one request of that scope:
+        the same key on another of its sessions raises too, instead of opening a new turn.
         """
         request = None
         if idempotency_key is not None:
@@ -220,6 +229,8 @@ class Engine:
                     return self._replayed(snapshot, stored, idempotency_key, request)
                 if snapshot.status != "active":
                     raise SessionEnded(session_id, snapshot.outcome)
+                if self._key_reused(idempotency_key, idempotency_scope, session_id):
+                    raise IdempotencyKeyReused(str(idempotency_key))
                 started = self.clock()
                 prediction = self.classifier.predict_one(text)
                 latencies = {"classify_ms": (self.clock() - started) * 1000}
@@ -236,7 +247,11 @@ class Engine:
                 planned = self._plan(
                     snapshot, decision, text, prediction, started, latencies, arm_flow, mode
                 )
-                planned.turn.update(idempotency_key=idempotency_key, request_hash=request)
+                planned.turn.update(
+                    idempotency_key=idempotency_key,
+                    request_hash=request,
+                    idempotency_scope=idempotency_scope if idempotency_key else None,
+                )
                 written = self.store.write_turn(
                     session_id,
                     snapshot.turn_count,
@@ -249,6 +264,12 @@ class Engine:
                     continue  # another process wrote a turn meanwhile: compute again
                 return planned.reply
         raise ConcurrentTurns(session_id)
+
+    def _key_reused(self, key: str | None, scope: str | None, session_id: str) -> bool:
+        """A scoped key already written on another session: a reused key, not a new turn."""
+        if key is None or scope is None:
+            return False
+        return self.store.key_used_elsewhere(scope, key, session_id)
 
     def end(self, session_id: str, reason: str = "hangup") -> None:
         """End a conversation (the caller hung up, the agent transferred, ...). Idempotent."""

@@ -84,6 +84,7 @@ class Turn(Base):
         UniqueConstraint(
             "conversation_id", "idempotency_key", name="uq_turns_conversation_idempotency_key"
         ),
+        Index("ix_turns_idempotency_scope_key", "idempotency_scope", "idempotency_key"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -102,6 +103,9 @@ class Turn(Base):
     latencies: Mapped[dict[str, Any]] = mapped_column(default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))  # of the keyed request
+    # whose key it is (the HTTP service: the API key's name): a key is one request per scope,
+    # so the same key on another session of that scope is a reused key, not a new turn
+    idempotency_scope: Mapped[str | None] = mapped_column(String(200))
     # process-order findings of the ruler (engine/milestones.py); SQL NULL when there are none
     findings: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -454,6 +454,20 @@ class Store:
             conn = conn.execution_options(**self._read_options)
             return conn.execute(statement, params).scalar_one() == 1
 
+    def key_used_elsewhere(self, scope: str, key: str, conversation_id: str) -> bool:
+        """Whether ``key`` of ``scope`` was already written on another session (a reused key)."""
+        query = (
+            select(_turns.c.id)
+            .where(
+                _turns.c.idempotency_scope == scope,
+                _turns.c.idempotency_key == key,
+                _turns.c.conversation_id != conversation_id,
+            )
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return conn.execution_options(**self._read_options).execute(query).first() is not None
+
     def _turn_written(self, conversation_id: str, turn: Mapping[str, Any]) -> bool:
         """Whether exactly this turn row (same index, same creation time) is stored."""
         query = select(_turns.c.id).where(

@@ -282,6 +282,20 @@ def test_a_turn_key_reused_with_another_text_is_refused_and_writes_nothing(db_ur
     assert stored_rows(engine, session) == before
 
 
+def test_a_scoped_turn_key_reused_on_another_session_is_refused_and_writes_nothing(db_url):
+    engine = make_engine(db_url, FakeBackend(default="faster plan for eight pounds"))
+    one = engine.start("cust-15", {"customer_name": "Alex"}).session_id
+    two = engine.start("cust-16", {"customer_name": "Alex"}).session_id
+    engine.turn(one, "yes", idempotency_key="req-9", idempotency_scope="dialer")
+    before = stored_rows(engine, two)
+    with pytest.raises(IdempotencyKeyReused, match="'req-9'"):
+        engine.turn(two, "yes", idempotency_key="req-9", idempotency_scope="dialer")
+    assert stored_rows(engine, two) == before
+    # Another client's key of the same name is its own request.
+    other = engine.turn(two, "yes", idempotency_key="req-9", idempotency_scope="crm")
+    assert other.turn_index == 1 and not other.replayed
+
+
 def test_a_start_key_opens_one_session_and_refuses_another_request(db_url):
     engine = make_engine(db_url)
     first = engine.start("cust-14", {"customer_name": "Alex"}, idempotency_key="open-1")

@@ -167,6 +167,20 @@ def test_retried_start_opens_one_session(client, db_path):
     assert rows(db_path) == before
 
 
+def test_a_turn_key_reused_on_another_session_is_refused(client, db_path):
+    first = start(client, "cust-reuse-a")["session_id"]
+    second = start(client, "cust-reuse-b")["session_id"]
+    headers = {"Idempotency-Key": "turn-reused-2"}
+    done = client.post(f"/v1/sessions/{first}/turns", json={"text": "yes"}, headers=headers)
+    assert done.status_code == 200, done.text
+    before = rows(db_path)
+    reused = client.post(f"/v1/sessions/{second}/turns", json={"text": "yes"}, headers=headers)
+    assert reused.status_code == 422, reused.text
+    error = reused.json()["error"]
+    assert error["code"] == "idempotency_key_reused" and "turn-reused-2" in error["message"]
+    assert rows(db_path) == before
+
+
 def test_a_turn_key_reused_with_another_body_is_refused(client, db_path):
     session = start(client, "cust-reuse")["session_id"]
     headers = {"Idempotency-Key": "turn-reused-1"}

@@ -136,7 +136,7 @@ def test_a_killed_worker_loses_no_acknowledged_turn(server, database):
         acknowledged[sid] = {0: session["reply"]["text"]}
         for k in range(1, turns + 1):
             said = "yes" if k == 1 else ASKS[(i + k) % len(ASKS)]
-            reply = await retrying(c, f"/v1/sessions/{sid}/turns", {"text": said}, f"t{k}")
+            reply = await retrying(c, f"/v1/sessions/{sid}/turns", {"text": said}, f"{sid}-t{k}")
             assert reply["turn_index"] == k
             acknowledged[sid][k] = reply["text"]
             done += 1

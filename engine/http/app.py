@@ -269,7 +269,13 @@ def create_app(
         """Answer what the caller said. Send an Idempotency-Key so a retry is safe."""
         started = time.perf_counter()
         reply = await run_in_threadpool(
-            partial(engine.turn, session_id, body.text, idempotency_key=idempotency_key)
+            partial(
+                engine.turn,
+                session_id,
+                body.text,
+                idempotency_key=idempotency_key,
+                idempotency_scope=key.name,  # a key is one request of this API key's client
+            )
         )
         metrics.observe_turn(reply.source, reply.stage, time.perf_counter() - started)
         return ReplyOut.of(reply)
