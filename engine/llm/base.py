@@ -8,6 +8,10 @@ Every backend has ``generate``. Optional capabilities, which callers detect with
   step in-process, concurrent requests for a server). An item is ``(messages, params, seed)``
   or ``(messages, params, seed, session_key)``.
 - ``release(session_key)``: forget what is cached for a session that ended.
+- ``can_constrain = True`` with a ``choices`` keyword on ``generate`` / ``stream`` (and
+  ``BatchItem.choices``): the draft is restricted to exactly one of the given texts (the
+  stage's rendered candidate scripts), and generation stops as soon as the prefix names a single
+  one, whose full text is returned. See :mod:`engine.llm.hf.constrained`.
 
 ``session_key`` lets a backend keep per-session state across turns (the in-process backend keeps
 the prompt's KV cache); backends without such state ignore it.
@@ -55,6 +59,7 @@ class BatchItem:
     seed: int | None = None
     session_key: str | None = None
     deadline_at: float | None = None  # time.perf_counter() after which nobody waits for it
+    choices: tuple[str, ...] | None = None  # constrained decoding: the only texts allowed
 
     @classmethod
     def of(cls, item: BatchItem | tuple) -> BatchItem:
@@ -76,6 +81,7 @@ class LLMBackend(Protocol):
         params: GenerationParams,
         seed: int | None = None,
         session_key: str | None = None,
+        choices: Sequence[str] | None = None,  # only where ``can_constrain`` is True
     ) -> Generation: ...
 
 

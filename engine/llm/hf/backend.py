@@ -41,6 +41,7 @@ class TransformersBackend:
     """
 
     name = "transformers"
+    can_constrain = True  # ``choices``: decoding within the candidate texts (hf/constrained.py)
 
     def __init__(
         self,
@@ -137,8 +138,10 @@ class TransformersBackend:
         params: GenerationParams,
         seed: int | None = None,
         session_key: str | None = None,
+        choices: Sequence[str] | None = None,
     ) -> Generation:
-        item = BatchItem(messages, params, seed, session_key)
+        """``choices``: the reply is exactly one of these texts (constrained decoding)."""
+        item = BatchItem(messages, params, seed, session_key, choices=_choices(choices))
         generation = self._run([item], self.clock() + params.deadline_s)[0]
         if generation.finish_reason == "deadline" and not generation.text:
             raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s")
@@ -160,14 +163,24 @@ class TransformersBackend:
         params: GenerationParams,
         seed: int | None = None,
         session_key: str | None = None,
+        choices: Sequence[str] | None = None,
     ) -> Iterator[str]:
         """Text chunks as they are decoded. Closing the iterator stops generation at once and
         frees the model for the next caller. At the deadline the stream ends where it is (it
-        raises ``DeadlineExceeded`` only if it had produced nothing)."""
+        raises ``DeadlineExceeded`` only if it had produced nothing). With ``choices`` the
+        chosen text comes as one chunk once the prefix names it."""
         deadline = self.clock() + params.deadline_s
         self._acquire(deadline)
         try:
-            row = self._row(BatchItem(messages, params, seed, session_key), deadline)
+            item = BatchItem(messages, params, seed, session_key, choices=_choices(choices))
+            row = self._row(item, deadline)
+            if row.trie is not None:
+                for _ in self._decoder.steps([row]):
+                    pass
+                if row.finish == "deadline" and not row.generated:
+                    raise DeadlineExceeded(f"no reply within {params.deadline_s:g} s")
+                yield self._row_text(row)
+                return
             emitted = ""
             for _ in self._decoder.steps([row], self._stop_check):
                 text = self._text(row.generated, params, strip=False).lstrip()
@@ -196,6 +209,7 @@ class TransformersBackend:
             raise DeadlineExceeded("the model stayed busy past the deadline")
 
     def _row(self, item: BatchItem, deadline: float):
+        from engine.llm.hf.constrained import TokenTrie
         from engine.llm.hf.decoder import DecodeRow
 
         prompt = self.encode(item.messages)
@@ -210,6 +224,7 @@ class TransformersBackend:
             seed=item.seed,
             session_key=item.session_key,
             deadline=min(deadline, item.deadline_at or deadline),
+            trie=TokenTrie.from_tokenizer(self._tokenizer, item.choices) if item.choices else None,
         )
 
     def _run(self, batch: list[BatchItem], lock_deadline: float) -> list[Generation]:
@@ -217,8 +232,8 @@ class TransformersBackend:
         self._acquire(lock_deadline)
         try:
             rows = [self._row(item, started + item.params.deadline_s) for item in batch]
-            beams = [i for i, row in enumerate(rows) if row.params.num_beams > 1]
-            plain = [row for row in rows if row.params.num_beams == 1]
+            beams = [i for i, row in enumerate(rows) if row.params.num_beams > 1 and not row.trie]
+            plain = [row for row in rows if row.params.num_beams == 1 or row.trie]
             if plain:
                 for _ in self._decoder.steps(plain, self._stop_check):
                     pass
@@ -233,7 +248,7 @@ class TransformersBackend:
         seconds = self.clock() - started
         return [
             Generation(
-                text=self._text(row.generated, row.params),
+                text=self._row_text(row),
                 prompt_tokens=len(row.prompt),
                 completion_tokens=len(row.generated),
                 seconds=seconds,
@@ -242,6 +257,18 @@ class TransformersBackend:
             )
             for row in rows
         ]
+
+    def _row_text(self, row) -> str:
+        """A row's reply: its decoded tokens, or with constrained decoding the whole text its
+        prefix named (the lowest-index consistent text when the deadline or the token limit cut
+        it before the prefix was unique)."""
+        if row.trie is None:
+            return self._text(row.generated, row.params)
+        if row.choice is not None:
+            return row.trie.texts[row.choice]
+        if not row.generated:
+            return ""
+        return row.trie.texts[row.trie.first_consistent(row.generated)]
 
     def _text(self, ids: list[int], params: GenerationParams, strip: bool = True) -> str:
         text = self._tokenizer.decode(ids, skip_special_tokens=True)
@@ -275,3 +302,12 @@ class TransformersBackend:
         generated = output[0, len(row.prompt) :].tolist()
         row.generated = [t for t in generated if t not in self._decoder.eos_ids]
         row.finish = "stop" if len(row.generated) < len(generated) else "length"
+
+
+def _choices(choices: Sequence[str] | None) -> tuple[str, ...] | None:
+    """``choices`` as a tuple; an empty sequence is a caller's error, not "unconstrained"."""
+    if choices is None:
+        return None
+    if not choices:
+        raise BackendError("constrained decoding needs at least one choice")
+    return tuple(choices)
