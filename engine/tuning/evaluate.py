@@ -18,7 +18,8 @@ Where a context comes from:
 - **the right acts** for the customer's line: the flow's own rule of what answers a customer,
   personas.yaml's ``moves`` (intent -> ``answered_by``). An intent without a move (the usage
   answer, "not interested") is answered by the stage's ``pitch`` act: presenting the offer is
-  what the stage is for. Intents the customer never says in an LLM stage are left out.
+  what the stage is for. Only what a customer says once the offer is on the table is asked
+  (:func:`llm_stage_intents`): greeting and identity answers are left out.
 - **slots**: the flow's defaults, the customer's name from the bank's ``slots`` (in turn).
 
 Each context is drafted by a backend (free or restricted to the candidate scripts, greedy or
@@ -108,6 +109,14 @@ def move_acts(population) -> dict[str, tuple[str, ...]]:
     return {intent: tuple(dict.fromkeys(a)) for intent, a in acts.items()}
 
 
+def llm_stage_intents(population) -> set[str]:
+    """What a simulated customer says once the offer is on the table: its moves (objections
+    and questions), its answer to the needs question, and "no". Greeting and identity answers
+    ("speaking", a date of birth) are left out: nobody says them in a pitch."""
+    said = {move.intent for move in population.moves.values()}
+    return said | {population.intents.describe_needs, population.intents.decline}
+
+
 def _turns(flow: Flow, said: Sequence[str], llm_turns: int = 1):
     """(stage, intent, entered, path) for every LLM turn the policy reaches, shortest path first;
     a path is the (intent or None, stage, script id or None) steps said before that turn."""
@@ -156,10 +165,11 @@ def held_out_contexts(
     moves = move_acts(population)
     bank = population.bank.intents
     said = sorted(population.said_intents() & set(bank))
+    asked = llm_stage_intents(population)
     names = list(getattr(population.bank, "slots", {}).get("customer_name", ())) or ["Alex"]
     found: list[EvalContext] = []
     for stage, intent, entered, path in _turns(flow, said):
-        if stages is not None and stage not in stages:
+        if intent not in asked or (stages is not None and stage not in stages):
             continue
         acts = right_acts(flow, moves, stage, intent)
         if not acts or not bank.get(intent):
@@ -222,6 +232,7 @@ def evaluate(
     sampled: bool = False,
     seed: int = 0,
     batch: int = 1,
+    deadline_s: float | None = None,
     progress=None,
 ) -> list[Outcome]:
     """Draft every context and judge the draft with the real compliance filter.
@@ -229,6 +240,8 @@ def evaluate(
     ``sampled``: the stage's generation parameters with seed ``seed + i`` for context ``i``;
     else the same parameters with greedy decoding. ``batch`` > 1 drafts that many contexts in
     one ``generate_batch`` call (throughput; the latency is then the batch's wall time).
+    ``deadline_s`` replaces the stages' deadline: on a loaded machine the flow's 8 s would cut
+    drafts short, and this measures what the model drafts, not the machine's load.
     """
     if decoding not in DECODINGS:
         raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}, not {decoding!r}")
@@ -238,8 +251,10 @@ def evaluate(
         items = []
         for offset, context in enumerate(chunk):
             params = flow.stages[context.stage].generation or GenerationParams()
-            if not sampled:
-                params = params.model_copy(update={"do_sample": False})
+            update = {} if sampled else {"do_sample": False}
+            if deadline_s is not None:
+                update["deadline_s"] = deadline_s
+            params = params.model_copy(update=update)
             choices = (
                 candidate_texts(flow, compliance, context.stage, context.slots)
                 if decoding == "constrained"
