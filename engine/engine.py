@@ -386,7 +386,11 @@ class Engine:
         earlier = max(0, snapshot.turn_count + 1 - len(snapshot.history))  # turns not read
         messages = build_messages(self.flow, stage, snapshot.history, slots, text, earlier)
         early_stop = (arm_flow or self.flow).early_stop
-        if early_stop and policy.mode == "strict" and hasattr(self.backend, "stream"):
+        choices = None  # constrained decoding: the draft is one of these texts, chosen early
+        if policy.decoding == "constrained" and getattr(self.backend, "can_constrain", False):
+            choices = self.compliance.candidate_texts(policy, slots) or None
+        extra = {} if choices is None else {"choices": choices}
+        if early_stop and not extra and policy.mode == "strict" and hasattr(self.backend, "stream"):
             return streamed_reply(
                 self.backend, self.compliance, messages, stage.generation, plan.stage, policy,
                 snapshot.id, slots, latencies, stable_checks=early_stop, clock=self.clock,
@@ -396,8 +400,9 @@ class Engine:
         try:
             # The backend enforces stage.generation.deadline_s and raises BackendError past it.
             generation = self.backend.generate(
-                messages, stage.generation, seed=draft_seed(snapshot), session_key=snapshot.id
-            )
+                messages, stage.generation, seed=draft_seed(snapshot), session_key=snapshot.id,
+                **extra,
+            )  # fmt: skip
         except BackendError as exc:
             latencies["generate_ms"] = (self.clock() - before) * 1000
             return None, self.compliance.fallback(plan.stage, policy, snapshot.id, slots), str(exc)

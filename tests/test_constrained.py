@@ -23,10 +23,12 @@ MESSAGES = [
     {"role": "system", "content": "You sell broadband."},
     {"role": "user", "content": "how much is it?"},
 ]
-GREEDY = GenerationParams(do_sample=False, max_new_tokens=48, no_repeat_ngram_size=0)
+GREEDY = GenerationParams(
+    do_sample=False, max_new_tokens=48, no_repeat_ngram_size=0, deadline_s=120
+)
 SAMPLED = GenerationParams(
     do_sample=True, temperature=0.7, top_p=0.9, repetition_penalty=1.2, max_new_tokens=48,
-    no_repeat_ngram_size=6,
+    no_repeat_ngram_size=6, deadline_s=120,
 )  # fmt: skip
 
 
@@ -141,3 +143,47 @@ def test_cut_short_returns_a_consistent_candidate(backend):
 def test_empty_choices_are_an_error(backend):
     with pytest.raises(BackendError, match="at least one choice"):
         backend.generate(MESSAGES, GREEDY, choices=())
+
+
+# -- llama.cpp: a grammar of the candidate texts, with the real SmolLM2 GGUF ----------------------
+
+EN_CHOICES = (
+    "Fibre 500 is £38 a month, just £8 more than you pay now.",
+    "Fibre 500 comes with a free router upgrade and free installation.",
+    'You have a 14-day cooling-off period, so you can "change your mind".',
+)
+ZH_CHOICES = ("每月39元，保额200万。", "15天犹豫期内可以全额退保。")
+
+
+def test_gbnf_escapes_quotes_backslashes_and_newlines():
+    from engine.llm.llamacpp_backend import choices_grammar
+
+    grammar = choices_grammar(['say "hi"\\', "two\nlines"])
+    assert grammar == 'root ::= "say \\"hi\\"\\\\" | "two\\nlines"\n'
+
+
+@pytest.fixture(scope="module")
+def llama():
+    from engine.llm.llamacpp_backend import LlamaCppBackend
+
+    loaded = LlamaCppBackend(threads=2)
+    loaded.load()
+    return loaded
+
+
+@pytest.mark.parametrize("choices", [EN_CHOICES, ZH_CHOICES], ids=["en", "zh"])
+@pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_llamacpp_grammar_returns_a_candidate_early(llama, choices, params):
+    for seed in range(3):
+        generation = llama.generate(MESSAGES, params, seed=seed, choices=choices)
+        assert generation.text in choices
+        # the first few tokens name the choice: far fewer than the text has
+        whole = len(llama._llm.tokenize(generation.text.encode(), add_bos=False))
+        assert 1 <= generation.completion_tokens < whole
+
+
+def test_llamacpp_stream_with_choices_is_one_chunk(llama):
+    chunks = list(llama.stream(MESSAGES, GREEDY, choices=EN_CHOICES))
+    assert len(chunks) == 1 and chunks[0] in EN_CHOICES
+    # the context is usable afterwards for free generation
+    assert llama.generate(MESSAGES, GREEDY.model_copy(update={"max_new_tokens": 8})).text

@@ -80,6 +80,10 @@ class BatchingBackend:
 
     # -- the backend contract -----------------------------------------------------------------
 
+    @property
+    def can_constrain(self) -> bool:
+        return getattr(self.inner, "can_constrain", False)
+
     def load(self) -> None:
         load = getattr(self.inner, "load", None)
         if load is not None:
@@ -91,6 +95,7 @@ class BatchingBackend:
         params: GenerationParams,
         seed: int | None = None,
         session_key: str | None = None,
+        choices: Sequence[str] | None = None,
     ) -> Generation:
         if self._closed:
             raise BackendError("the batching backend was closed")
@@ -99,7 +104,10 @@ class BatchingBackend:
         # The row is cut a little before the caller stops waiting, so a draft cut at the
         # deadline still reaches the caller (and the compliance filter) in time.
         cut = deadline - min(CUT_MARGIN_S, 0.1 * params.deadline_s)
-        item = BatchItem(messages, params, seed, session_key, deadline_at=cut)
+        item = BatchItem(
+            messages, params, seed, session_key, deadline_at=cut,
+            choices=None if choices is None else tuple(choices),
+        )  # fmt: skip
         self._ensure_worker()
         self._queue.put(_Request(item, future))
         try:

@@ -212,16 +212,6 @@ def _history(flow, path, bank, moves, slots) -> list[tuple[str | None, str]] | N
     return history
 
 
-def candidate_texts(
-    flow: Flow, compliance: ComplianceFilter, stage: str, slots: Mapping[str, str]
-) -> tuple[str, ...]:
-    """The stage's eligible candidate scripts, rendered with the session's slots: the only
-    texts constrained decoding may produce."""
-    policy = flow.stages[stage].compliance
-    ids = compliance.eligible(policy, slots)
-    return tuple(dict.fromkeys(flow.render(i, dict(slots)) for i in ids))
-
-
 def evaluate(
     flow: Flow,
     backend,
@@ -255,8 +245,9 @@ def evaluate(
             if deadline_s is not None:
                 update["deadline_s"] = deadline_s
             params = params.model_copy(update=update)
+            policy = flow.stages[context.stage].compliance
             choices = (
-                candidate_texts(flow, compliance, context.stage, context.slots)
+                compliance.candidate_texts(policy, context.slots)
                 if decoding == "constrained"
                 else None
             )
