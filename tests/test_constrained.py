@@ -8,9 +8,18 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from engine.compliance import ComplianceFilter
+from engine.compliance.embedders import CharNgramEmbedder
+from engine.engine import Engine
+from engine.errors import FlowValidationError
 from engine.flow.generation import GenerationParams
+from engine.flow.loader import load_flow
 from engine.llm.base import BackendError, BatchItem, DeadlineExceeded
 from engine.llm.hf.constrained import TokenTrie
+from intents import load_or_train
+from storage import Store
+from tests.fakes import FakeBackend
+from tests.flow_faults import copy_mini
 from tests.test_llm_tiny import tiny_backend
 
 CHOICES = (
@@ -187,3 +196,74 @@ def test_llamacpp_stream_with_choices_is_one_chunk(llama):
     assert len(chunks) == 1 and chunks[0] in EN_CHOICES
     # the context is usable afterwards for free generation
     assert llama.generate(MESSAGES, GREEDY.model_copy(update={"max_new_tokens": 8})).text
+
+
+# -- the engine: compliance.decoding: constrained --------------------------------------------------
+
+
+class Choosing(FakeBackend):
+    """A backend that can constrain: answers the last choice offered, records the offers."""
+
+    can_constrain = True
+
+    def __init__(self):
+        super().__init__(default="zzzz qqqq")
+        self.offered: list[tuple[str, ...] | None] = []
+
+    def generate(self, messages, params, seed=None, session_key=None, choices=None):
+        self.offered.append(None if choices is None else tuple(choices))
+        if choices:
+            self.enqueue(choices[-1])
+        return super().generate(messages, params, seed, session_key)
+
+
+def constrained_engine(tmp_path, db_url, backend, decoding="constrained"):
+    folder = copy_mini(tmp_path)
+    flow_yaml = folder / "flow.yaml"
+    text = flow_yaml.read_text(encoding="utf-8")
+    old = "    compliance: {threshold: 0.5, fallback:"
+    assert text.count(old) == 1
+    flow_yaml.write_text(
+        text.replace(old, f"    compliance: {{decoding: {decoding}, threshold: 0.5, fallback:"),
+        encoding="utf-8",
+    )
+    flow = load_flow(folder)
+    classifier = load_or_train({k: list(v) for k, v in flow.intents.items()}, language="en")
+    compliance = ComplianceFilter(flow, CharNgramEmbedder())
+    return Engine(flow, classifier, backend, compliance, Store(db_url)), compliance
+
+
+def test_engine_offers_the_rendered_candidates_and_sends_the_choice(tmp_path, db_url):
+    backend = Choosing()
+    engine, compliance = constrained_engine(tmp_path, db_url, backend)
+    opening = engine.start("cust-1", {"customer_name": "Alex"})
+    pitch = engine.turn(opening.session_id, "yes that's me")
+    policy = engine.flow.stages["pitch"].compliance
+    assert policy.decoding == "constrained"
+    offered = backend.offered[0]
+    assert offered == compliance.candidate_texts(
+        policy, {"customer_name": "Alex", "agent_name": "Sam"}
+    )
+    assert pitch.source == "llm" and pitch.text == offered[-1]
+    assert (
+        engine.flow.render(pitch.script_id, {"customer_name": "Alex", "agent_name": "Sam"})
+        == offered[-1]
+    )
+    audit = engine.store.compliance_decisions(opening.session_id)
+    assert audit[0].decision == "approved" and audit[0].top_k["scores"][0] == pytest.approx(1.0)
+
+
+def test_engine_drafts_freely_when_the_backend_cannot_constrain(tmp_path, db_url):
+    backend = FakeBackend(default="zzzz qqqq")
+    engine, _ = constrained_engine(tmp_path, db_url, backend)
+    opening = engine.start("cust-2", {"customer_name": "Alex"})
+    assert engine.turn(opening.session_id, "yes that's me").source == "fallback"
+    free = Choosing()
+    engine, _ = constrained_engine(tmp_path / "free", db_url, free, decoding="free")
+    engine.turn(engine.start("cust-3", {"customer_name": "Alex"}).session_id, "yes that's me")
+    assert free.offered == [None]
+
+
+def test_unknown_decoding_is_a_load_error_naming_the_field(tmp_path, db_url):
+    with pytest.raises(FlowValidationError, match=r"flow\.yaml:\d+: stages\.pitch\.compliance\.decoding"):
+        constrained_engine(tmp_path, db_url, Choosing(), decoding="beam")
