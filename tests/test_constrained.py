@@ -265,5 +265,7 @@ def test_engine_drafts_freely_when_the_backend_cannot_constrain(tmp_path, db_url
 
 
 def test_unknown_decoding_is_a_load_error_naming_the_field(tmp_path, db_url):
-    with pytest.raises(FlowValidationError, match=r"flow\.yaml:\d+: stages\.pitch\.compliance\.decoding"):
+    with pytest.raises(
+        FlowValidationError, match=r"flow\.yaml:\d+: stages\.pitch\.compliance\.decoding"
+    ):
         constrained_engine(tmp_path, db_url, Choosing(), decoding="beam")
