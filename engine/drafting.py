@@ -19,7 +19,7 @@ latency keys are filled in: ``generate_ms`` and ``compliance_ms`` (plus the stre
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from engine.compliance import ComplianceFilter, ComplianceResult
 from engine.compliance.early_stop import stream_and_match
@@ -40,15 +40,21 @@ def draft_reply(
     session_key: str,
     seed: int | None,
     early_stop: int = 0,
+    choices: Sequence[str] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Draft:
     """The LLM's draft for ``stage`` and the filter's decision on it; fills ``latencies``.
 
     ``early_stop``: stable checks before a streamed draft is cut (0: never stream).
+    ``choices``: constrained decoding (the backend ``can_constrain``): the draft is one of these
+    texts, chosen as soon as its prefix names one, so it is not streamed for early stop.
     """
     policy, params = stage.compliance, stage.generation
     assert policy is not None and params is not None, f"{stage.name} is not an LLM stage"
-    streams = bool(early_stop) and policy.mode == "strict" and backend.can_stream
+    streams = (
+        choices is None and bool(early_stop) and policy.mode == "strict" and backend.can_stream
+    )
+    extra = {} if choices is None else {"choices": choices}
     before = clock()
     try:
         # The backend enforces params.deadline_s and raises BackendError past it.
@@ -62,7 +68,9 @@ def draft_reply(
             latencies["generate_ms"] = drafted.stream_ms  # checks made while streaming included
             latencies.update(drafted.stats())
         else:
-            generation = backend.generate(messages, params, seed=seed, session_key=session_key)
+            generation = backend.generate(
+                messages, params, seed=seed, session_key=session_key, **extra
+            )
             latencies["generate_ms"] = (clock() - before) * 1000
     except BackendError as exc:
         latencies["generate_ms"] = (clock() - before) * 1000

@@ -470,10 +470,13 @@ class Engine:
         slots = dict(snapshot.slots)
         earlier = _earlier(snapshot)
         messages = build_messages(self.flow, stage, snapshot.history, slots, text, earlier)
+        choices = None  # constrained decoding: the draft is one of these texts, chosen early
+        if policy.decoding == "constrained" and self.backend.can_constrain:
+            choices = self.compliance.candidate_texts(policy, slots) or None
         return draft_reply(
             self.backend, self.compliance, messages, stage, slots, latencies,
             session_key=snapshot.id, seed=draft_seed(snapshot),
-            early_stop=(arm_flow or self.flow).early_stop, clock=self.clock,
+            early_stop=(arm_flow or self.flow).early_stop, choices=choices, clock=self.clock,
         )  # fmt: skip
 
     def _stage_policy(

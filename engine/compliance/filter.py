@@ -182,6 +182,15 @@ class ComplianceFilter:
         known = {k for k, v in slots.items() if v is not None}
         return [c for c in policy.candidates if self.flow.scripts[c].slots <= known]
 
+    def candidate_texts(
+        self, policy: CompliancePolicy, slots: Mapping[str, str | None]
+    ) -> tuple[str, ...]:
+        """The eligible candidates' texts rendered with the session's slots: what constrained
+        decoding may produce (each then scores 1.0 against its own script)."""
+        filled = {k: v for k, v in slots.items() if v is not None}
+        texts = (self.flow.render(c, filled) for c in self.eligible(policy, slots))
+        return tuple(dict.fromkeys(texts))
+
     def eligible_mask(
         self, policy: CompliancePolicy, slots: Mapping[str, str | None]
     ) -> np.ndarray:

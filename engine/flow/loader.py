@@ -377,6 +377,7 @@ def _compile(
                 universal_fallback=flow.compliance.universal_fallback,
                 candidates=_candidate_ids(flow, name, st, scripts),
                 margin=sc.margin if sc.margin is not None else flow.compliance.margin,
+                decoding=sc.decoding or flow.compliance.decoding,
                 **_forbidden_fields(flow.compliance.forbidden, sc.forbidden),
             )
         say_text = next((s.text for s in scripts.scripts if s.id == st.say), "") if st.say else ""

@@ -41,6 +41,7 @@ class CompliancePolicy:
     margin: float = 0.0  # minimum gap between the best script and the best one with another act
     forbidden_phrases: tuple[str, ...] = ()  # hard rules, flow-level plus stage-level
     forbidden_patterns: tuple[str, ...] = ()  # regex sources, checked to compile at load time
+    decoding: str = "free"  # free | constrained (engine.llm.hf.constrained)
 
 
 @dataclass(frozen=True)

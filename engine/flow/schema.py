@@ -77,6 +77,9 @@ class StageCompliance(_Strict):
         None, description="Fallback script id -> weight; weights sum to 1."
     )
     forbidden: Forbidden | None = Field(None, description="Added to the flow-level rules.")
+    decoding: Literal["free", "constrained"] | None = Field(
+        None, description="Overrides the flow's compliance.decoding for this stage."
+    )
 
 
 class Stage(_Strict):
@@ -146,6 +149,11 @@ class ComplianceConfig(_Strict):
         2, ge=0, le=20, description="Stop streaming once the best match held for N checks; 0 = off."
     )
     pure_llm: PureLLMCompliance = Field(default_factory=PureLLMCompliance)
+    decoding: Literal["free", "constrained"] = Field(
+        "free",
+        description="free: draft freely, then match the nearest script; constrained: decode "
+        "only the candidate scripts' texts (backends with can_constrain; others draft freely).",
+    )
 
 
 class LLMConfig(_Strict):

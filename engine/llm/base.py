@@ -14,6 +14,10 @@ so callers read a flag instead of probing for methods:
 - ``can_mix_params``: one batch may mix generation parameters (else callers group by them).
 - ``load()``, ``release(session_key)``, ``close()``: no-ops unless a backend has something to
   load, per-session state to forget, or threads and connections to free.
+- ``can_constrain = True`` with a ``choices`` keyword on ``generate`` / ``stream`` (and
+  ``BatchItem.choices``): the draft is restricted to exactly one of the given texts (the
+  stage's rendered candidate scripts), and generation stops as soon as the prefix names a single
+  one, whose full text is returned. See :mod:`engine.llm.hf.constrained`.
 
 ``session_key`` lets a backend keep per-session state across turns (the in-process backend keeps
 the prompt's KV cache); backends without such state ignore it. :class:`Deadline` is how every
@@ -91,6 +95,7 @@ class BatchItem:
     seed: int | None = None
     session_key: str | None = None
     deadline_at: float | None = None  # time.perf_counter() after which nobody waits for it
+    choices: tuple[str, ...] | None = None  # constrained decoding: the only texts allowed
 
     @classmethod
     def of(cls, item: BatchItem | tuple) -> BatchItem:
@@ -103,6 +108,10 @@ class BatchItem:
         return cls(*item)
 
 
+def _texts(choices: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if choices is None else tuple(choices)
+
+
 class LLMBackend:
     """The base of every backend; see the module docstring for the capabilities."""
 
@@ -110,6 +119,7 @@ class LLMBackend:
     can_stream: bool = False
     can_batch: bool = False
     can_mix_params: bool = False
+    can_constrain: bool = False  # honours ``choices`` (see the module docstring)
 
     def load(self) -> None:
         """Load weights or open connections before the first call (default: nothing to do)."""
@@ -126,8 +136,11 @@ class LLMBackend:
         params: GenerationParams,
         seed: int | None = None,
         session_key: str | None = None,
+        choices: Sequence[str] | None = None,  # only where ``can_constrain`` is True
     ) -> Generation:
-        return self._generate(BatchItem(messages, params, seed, session_key))
+        return self._generate(
+            BatchItem(messages, params, seed, session_key, choices=_texts(choices))
+        )
 
     def stream(
         self,
@@ -135,10 +148,12 @@ class LLMBackend:
         params: GenerationParams,
         seed: int | None = None,
         session_key: str | None = None,
+        choices: Sequence[str] | None = None,
     ) -> Iterator[str]:
         if not self.can_stream:
             raise BackendError(f"the {self.name} backend cannot stream")
-        return self._stream(BatchItem(messages, params, seed, session_key))
+        request = BatchItem(messages, params, seed, session_key, choices=_texts(choices))
+        return self._stream(request)
 
     def generate_batch(self, items: Sequence[BatchItem | tuple]) -> list[Generation]:
         raise BackendError(f"the {self.name} backend cannot batch")

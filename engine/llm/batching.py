@@ -115,6 +115,10 @@ class BatchingBackend(BackendWrapper):
 
     # -- the backend contract -----------------------------------------------------------------
 
+    @property
+    def can_constrain(self) -> bool:  # type: ignore[override]
+        return self.inner.can_constrain
+
     def _generate(self, request: BatchItem) -> Generation:
         if self._closed:
             raise BackendError("the batching backend was closed")
@@ -142,7 +146,9 @@ class BatchingBackend(BackendWrapper):
 
     def _stream(self, request: BatchItem) -> Iterator[str]:
         r = request
-        return self.inner.stream(list(r.messages), r.params, r.seed, r.session_key)
+        return self.inner.stream(
+            list(r.messages), r.params, r.seed, r.session_key, choices=r.choices
+        )
 
     def close(self) -> None:
         """Stop the worker; calls waiting in the queue fail with ``BackendError``."""

@@ -15,6 +15,11 @@ Parameter mapping to llama.cpp's sampler:
 - ``num_beams`` > 1 has no equivalent (llama.cpp does not beam-search): refused with a clear
   error rather than silently ignored.
 - ``stop`` strings map to ``stop``; ``deadline_s`` is enforced between streamed tokens.
+- ``choices`` (constrained decoding): a GBNF grammar whose only sentences are the given texts
+  (``root ::= "text 1" | "text 2" ...``), so every token keeps the draft inside one of them;
+  the stream is closed as soon as the text so far is the prefix of a single choice, and that
+  choice's whole text is the reply. The no-repeat n-gram processor is left out there: the
+  texts are fixed, and banning a token inside one would only strand the grammar.
 
 Prefix reuse: the context keeps the live session's tokens; when another session needs the
 context, the live one's state (its KV cache) is saved first ("parked"), under a memory budget
@@ -32,7 +37,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +45,14 @@ import numpy as np
 
 from engine.errors import SalesbotError
 from engine.flow.generation import GenerationParams
-from engine.llm.base import BackendError, BatchItem, Deadline, Generation, LLMBackend
+from engine.llm.base import (
+    BackendError,
+    BatchItem,
+    ChatMessage,
+    Deadline,
+    Generation,
+    LLMBackend,
+)
 from engine.llm.hf.models import default_model_path
 
 INSTALL_HINT = (
@@ -143,6 +155,7 @@ class LlamaCppBackend(LLMBackend):
 
     name = "llamacpp"
     can_stream = True
+    can_constrain = True  # ``choices``: a grammar of the candidate texts (see the module doc)
 
     def __init__(
         self,
@@ -163,6 +176,7 @@ class LlamaCppBackend(LLMBackend):
         self._formatter = None
         self._live_key: str | None = None  # the session whose tokens the context holds now
         self._lock = threading.Lock()
+        self._grammars: OrderedDict[tuple[str, ...], Any] = OrderedDict()
         _import_llama()  # fail at construction, with the install hint, not mid-call
 
     def load(self) -> None:
@@ -213,7 +227,24 @@ class LlamaCppBackend(LLMBackend):
         tokens = llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=False, special=True)
         return tokens, [s for s in stops if s]
 
-    def _request(self, messages, params: GenerationParams, seed: int | None) -> dict[str, Any]:
+    def _grammar(self, choices: tuple[str, ...]):
+        """The parsed grammar of ``choices`` (cached: a stage's candidates repeat every turn)."""
+        grammar = self._grammars.get(choices)
+        if grammar is None:
+            grammar = _import_llama().LlamaGrammar.from_string(choices_grammar(choices), False)
+            self._grammars[choices] = grammar
+            if len(self._grammars) > 64:
+                self._grammars.popitem(last=False)
+        self._grammars.move_to_end(choices)
+        return grammar
+
+    def _request(
+        self,
+        messages,
+        params: GenerationParams,
+        seed: int | None,
+        choices: tuple[str, ...] | None = None,
+    ) -> dict[str, Any]:
         if params.num_beams > 1:
             raise BackendError("the llamacpp backend does not support beam search (num_beams > 1)")
         llama_cpp = _import_llama()
@@ -230,17 +261,53 @@ class LlamaCppBackend(LLMBackend):
         }
         if seed is not None:
             request["seed"] = seed
-        if params.no_repeat_ngram_size > 0:
+        if choices is not None:
+            request["grammar"] = self._grammar(choices)
+        elif params.no_repeat_ngram_size > 0:
             request["logits_processor"] = llama_cpp.LogitsProcessorList(
                 [no_repeat_ngram_processor(params.no_repeat_ngram_size)]
             )
         return request
 
     def _stream(self, request: BatchItem) -> Iterator[str]:
-        """Text chunks as llama.cpp produces them; closing the iterator stops generation."""
-        messages, params, seed, session_key = (
-            request.messages, request.params, request.seed, request.session_key
-        )  # fmt: skip
+        """Text chunks as llama.cpp produces them; closing the iterator stops generation. With
+        ``choices``, one chunk: the choice named by the shortest unique prefix."""
+        r = request
+        if r.choices is not None:
+            yield self._choose(list(r.messages), r.params, r.seed, r.session_key, r.choices)[0]
+            return
+        yield from self._chunks(list(r.messages), r.params, r.seed, r.session_key)
+
+    def _choose(self, messages, params, seed, session_key, choices) -> tuple[str, int]:
+        """(the chosen text, tokens generated): stop once the text so far fits one choice."""
+        options = tuple(dict.fromkeys(choices))
+        if not options:
+            raise BackendError("constrained decoding needs at least one choice")
+        text, tokens = "", 0
+        chunks = self._chunks(messages, params, seed, session_key, options)
+        try:
+            for chunk in chunks:
+                text += chunk
+                tokens += 1
+                fitting = [c for c in options if c.startswith(text)]
+                if len(fitting) == 1:
+                    return fitting[0], tokens
+        finally:
+            chunks.close()
+        if not text:
+            raise BackendError("llama.cpp produced no text within the grammar")
+        exact = [c for c in options if c == text]
+        fitting = [c for c in options if c.startswith(text)]
+        return (exact or fitting or [options[0]])[0], tokens
+
+    def _chunks(
+        self,
+        messages: list[ChatMessage],
+        params: GenerationParams,
+        seed: int | None = None,
+        session_key: str | None = None,
+        choices: tuple[str, ...] | None = None,
+    ) -> Iterator[str]:
         with self._lock:
             self.load()
             llm = self._llm
@@ -254,7 +321,7 @@ class LlamaCppBackend(LLMBackend):
             self._live_key = session_key if self.prefix_reuse else None
             prompt: list[int] = []
             try:
-                request = self._request(messages, params, seed)
+                request = self._request(messages, params, seed, choices)
                 prompt = request["prompt"]
                 for chunk in llm.create_completion(**request):
                     text = chunk["choices"][0]["text"]
@@ -280,6 +347,12 @@ class LlamaCppBackend(LLMBackend):
 
     def _generate(self, request: BatchItem) -> Generation:
         started = time.perf_counter()
+        r = request
+        if r.choices is not None:
+            text, tokens = self._choose(
+                list(r.messages), r.params, r.seed, r.session_key, r.choices
+            )
+            return Generation(text, 0, tokens, time.perf_counter() - started)
         text = "".join(self._stream(request)).strip()
         for stop in request.params.stop:
             text = text.split(stop)[0]
@@ -290,3 +363,22 @@ class LlamaCppBackend(LLMBackend):
             completion_tokens=len(llm.tokenize(text.encode("utf-8"), add_bos=False)) if text else 0,
             seconds=time.perf_counter() - started,
         )
+
+
+def gbnf_literal(text: str) -> str:
+    """``text`` as a GBNF string literal (backslash, quote and control characters escaped)."""
+    escaped = (
+        text.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
+    return f'"{escaped}"'
+
+
+def choices_grammar(choices: Sequence[str]) -> str:
+    """A GBNF grammar whose sentences are exactly ``choices``."""
+    if not choices:
+        raise BackendError("constrained decoding needs at least one choice")
+    return "root ::= " + " | ".join(gbnf_literal(c) for c in choices) + "\n"

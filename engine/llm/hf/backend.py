@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from engine.flow.generation import GenerationParams
@@ -55,6 +56,7 @@ class TransformersBackend(LLMBackend):
     can_stream = True
     can_batch = True
     can_mix_params = True  # the decoder samples each row with its own parameters
+    can_constrain = True  # ``choices``: decoding within the candidate texts (hf/constrained.py)
 
     def __init__(
         self,
@@ -161,6 +163,8 @@ class TransformersBackend(LLMBackend):
         return list(ids["input_ids"] if isinstance(ids, dict) else ids)
 
     def _generate(self, request: BatchItem) -> Generation:
+        """With ``request.choices`` the reply is exactly one of these texts (constrained)."""
+        request = replace(request, choices=_choices(request.choices))
         deadline = Deadline.start(request.params, self.clock)
         generation = self._run([request], deadline.at)[0]
         if generation.finish_reason == "deadline" and not generation.text:
@@ -180,12 +184,21 @@ class TransformersBackend(LLMBackend):
     def _stream(self, request: BatchItem) -> Iterator[str]:
         """Text chunks as they are decoded. Closing the iterator stops generation at once and
         frees the model for the next caller. At the deadline the stream ends where it is (it
-        raises ``DeadlineExceeded`` only if it had produced nothing)."""
+        raises ``DeadlineExceeded`` only if it had produced nothing). With ``choices`` the
+        chosen text comes as one chunk once the prefix names it."""
+        request = replace(request, choices=_choices(request.choices))
         params = request.params
         deadline = Deadline.start(params, self.clock)
         self._acquire(deadline.at)
         try:
             row = self._row(request, deadline.at)
+            if row.trie is not None:
+                for _ in self._decoder.steps([row]):
+                    pass
+                if row.finish == "deadline" and not row.generated:
+                    raise deadline.exceeded()
+                yield self._row_text(row)
+                return
             emitted = ""
             for _ in self._decoder.steps([row], self._stop_check):
                 text = self._text(row.generated, params, strip=False).lstrip()
@@ -214,6 +227,7 @@ class TransformersBackend(LLMBackend):
             raise DeadlineExceeded("the model stayed busy past the deadline")
 
     def _row(self, item: BatchItem, deadline: float):
+        from engine.llm.hf.constrained import TokenTrie
         from engine.llm.hf.decoder import DecodeRow
 
         prompt = self.encode(item.messages)
@@ -228,6 +242,7 @@ class TransformersBackend(LLMBackend):
             seed=item.seed,
             session_key=item.session_key,
             deadline=min(deadline, item.deadline_at or deadline),
+            trie=TokenTrie.from_tokenizer(self._tokenizer, item.choices) if item.choices else None,
         )
 
     def _run(self, batch: list[BatchItem], lock_deadline: float) -> list[Generation]:
@@ -235,8 +250,8 @@ class TransformersBackend(LLMBackend):
         self._acquire(lock_deadline)
         try:
             rows = [self._row(item, started + item.params.deadline_s) for item in batch]
-            beams = [i for i, row in enumerate(rows) if row.params.num_beams > 1]
-            plain = [row for row in rows if row.params.num_beams == 1]
+            beams = [i for i, row in enumerate(rows) if row.params.num_beams > 1 and not row.trie]
+            plain = [row for row in rows if row.params.num_beams == 1 or row.trie]
             if plain:
                 for _ in self._decoder.steps(plain, self._stop_check):
                     pass
@@ -251,7 +266,7 @@ class TransformersBackend(LLMBackend):
         seconds = self.clock() - started
         return [
             Generation(
-                text=self._text(row.generated, row.params),
+                text=self._row_text(row),
                 prompt_tokens=len(row.prompt),
                 completion_tokens=len(row.generated),
                 seconds=seconds,
@@ -260,6 +275,18 @@ class TransformersBackend(LLMBackend):
             )
             for row in rows
         ]
+
+    def _row_text(self, row) -> str:
+        """A row's reply: its decoded tokens, or with constrained decoding the whole text its
+        prefix named (the lowest-index consistent text when the deadline or the token limit cut
+        it before the prefix was unique)."""
+        if row.trie is None:
+            return self._text(row.generated, row.params)
+        if row.choice is not None:
+            return row.trie.texts[row.choice]
+        if not row.generated:
+            return ""
+        return row.trie.texts[row.trie.first_consistent(row.generated)]
 
     def _text(self, ids: list[int], params: GenerationParams, strip: bool = True) -> str:
         text = self._tokenizer.decode(ids, skip_special_tokens=True)
@@ -293,3 +320,12 @@ class TransformersBackend(LLMBackend):
         generated = output[0, len(row.prompt) :].tolist()
         row.generated = [t for t in generated if t not in self._decoder.eos_ids]
         row.finish = "stop" if len(row.generated) < len(generated) else "length"
+
+
+def _choices(choices: Sequence[str] | None) -> tuple[str, ...] | None:
+    """``choices`` as a tuple; an empty sequence is a caller's error, not "unconstrained"."""
+    if choices is None:
+        return None
+    if not choices:
+        raise BackendError("constrained decoding needs at least one choice")
+    return tuple(choices)

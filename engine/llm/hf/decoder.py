@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.flow.generation import GenerationParams
+from engine.llm.hf.constrained import TokenTrie
 from engine.llm.hf.growing_cache import GrowingCache
 from engine.llm.hf.kv_cache import KVLayers, SessionKVCache
 from engine.llm.hf.sampling import RowSampler
@@ -50,6 +51,8 @@ class DecodeRow:
     generated: list[int] = field(default_factory=list)
     finish: str | None = None  # stop | length | deadline, once finished
     reused: int = 0  # prompt tokens taken from the session cache
+    trie: TokenTrie | None = None  # constrained decoding: only these texts may be generated
+    choice: int | None = None  # constrained: the text the generated prefix names, once unique
 
 
 StopCheck = Callable[[DecodeRow], bool]  # True: the row's text hit a stop string
@@ -131,6 +134,9 @@ class Decoder:
         logits: torch.Tensor,
         stop_check: StopCheck | None,
     ) -> None:
+        if row.trie is not None:
+            self._advance_constrained(row, sampler, logits)
+            return
         token = sampler.choose(logits, row.generated)
         if token in self.eos_ids:
             row.finish = "stop"
@@ -138,6 +144,29 @@ class Decoder:
         row.generated.append(token)
         if stop_check is not None and stop_check(row):
             row.finish = "stop"
+        elif len(row.generated) >= row.params.max_new_tokens:
+            row.finish = "length"
+
+    def _advance_constrained(
+        self, row: DecodeRow, sampler: RowSampler, logits: torch.Tensor
+    ) -> None:
+        """One step within the trie; stops once the prefix names a single text (or a text
+        ends and the model chose the end-of-sequence token)."""
+        trie = row.trie
+        tokens, can_end = trie.allowed(row.generated)
+        eos = min(self.eos_ids) if self.eos_ids else None
+        allowed = tokens + ([eos] if can_end and eos is not None else [])
+        if not allowed:  # cannot happen for a prefix taken from the trie; never loop on it
+            row.choice, row.finish = trie.first_consistent(row.generated), "stop"
+            return
+        token = sampler.choose(logits, row.generated, allowed)
+        if token == eos and can_end:
+            row.choice, row.finish = trie.node(row.generated).ends, "stop"
+            return
+        row.generated.append(token)
+        choice = trie.unique(row.generated)
+        if choice is not None:
+            row.choice, row.finish = choice, "stop"
         elif len(row.generated) >= row.params.max_new_tokens:
             row.finish = "length"
 

@@ -45,13 +45,25 @@ class RowSampler:
             else:
                 self.generator.manual_seed(seed)
 
-    def choose(self, logits: torch.Tensor, generated: list[int]) -> int:
-        """``logits``: the row's scores for the next position, shape ``[vocab]``."""
-        scores = logits.float().unsqueeze(0)
+    def choose(
+        self, logits: torch.Tensor, generated: list[int], allowed: list[int] | None = None
+    ) -> int:
+        """``logits``: the row's scores for the next position, shape ``[vocab]``. ``allowed``:
+        the only tokens that may be chosen (constrained decoding); the penalties apply among
+        them, unless they would rule out every one (no-repeat n-grams inside an approved text),
+        in which case the unpenalised scores decide."""
+        raw = logits.float()
+        scores = raw.unsqueeze(0)
         if self.penalties and generated:
             ids = torch.tensor([generated], dtype=torch.long, device=scores.device)
             scores = self.penalties(ids, scores)
         scores = scores[0]
+        if allowed is not None:
+            index = torch.tensor(allowed, dtype=torch.long, device=scores.device)
+            kept = scores[index]
+            if not torch.isfinite(kept).any():
+                kept = raw[index]
+            scores = torch.full_like(scores, float("-inf")).index_copy_(0, index, kept)
         if self.generator is None:
             return int(scores.argmax())
         params = self.params

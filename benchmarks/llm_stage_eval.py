@@ -1,0 +1,181 @@
+"""The LLM stage on the held-out bank: free vs constrained decoding, greedy vs sampled.
+
+    python benchmarks/llm_stage_eval.py flows/broadband_en --limit 60 --json /tmp/eval_en.json
+    python benchmarks/llm_stage_eval.py flows/insurance_zh --backend llamacpp
+    python benchmarks/llm_stage_eval.py flows/broadband_en --adapter flows/broadband_en/adapter
+
+Contexts, the right acts per customer line and the metrics are defined in
+:mod:`engine.tuning.evaluate` (customer lines from utterances.yaml only). Per setting (decoding x
+sampling) and stage it prints: contexts, approved %, approved with an act that answers the
+customer %, drafts with a hard-rule hit, fallback %, the LLM decision latency p50 (generation +
+compliance filter; constrained decoding always runs at batch 1, free decoding at ``--batch``,
+whose latency is then the batch's wall time) and the mean number of generated tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT)]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from engine.compliance import ComplianceFilter, create_embedder  # noqa: E402
+from engine.errors import SalesbotError  # noqa: E402
+from engine.flow.loader import load_flow  # noqa: E402
+from engine.llm.registry import create_backend  # noqa: E402
+from engine.tuning.evaluate import (  # noqa: E402
+    DECODINGS,
+    evaluate,
+    held_out_contexts,
+    setting_name,
+    summarise,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("flow", type=Path, help="flow folder (with utterances.yaml)")
+    parser.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp"])
+    parser.add_argument("--model", help="model path for the backend (default: SmolLM2)")
+    parser.add_argument("--adapter", help="a LoRA adapter folder made by `salesbot tune`")
+    parser.add_argument("--dtype", default="auto", help="transformers: auto | fp32 | bf16")
+    parser.add_argument(
+        "--decoding", nargs="+", default=list(DECODINGS)[::-1], choices=DECODINGS,
+        help="settings run in this order (constrained first: it is the quick one)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sampling", nargs="+", default=["greedy", "sampled"], choices=["greedy", "sampled"]
+    )
+    parser.add_argument("--stages", nargs="+", help="LLM stages to evaluate (default: all)")
+    parser.add_argument("--limit", type=int, help="at most this many contexts (an even spread)")
+    parser.add_argument("--seed", type=int, default=0, help="context i is sampled with seed+i")
+    parser.add_argument(
+        "--batch", type=int, default=1,
+        help="free decoding: contexts per generate_batch call (latency is then the batch's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--deadline", type=float, default=600.0,
+        help="seconds per draft, replacing the stage's (a loaded CPU must not cut drafts short)",
+    )  # fmt: skip
+    parser.add_argument("--json", type=Path, help="write the figures and every outcome here")
+    return parser.parse_args(argv)
+
+
+def build_backend(args: argparse.Namespace):
+    options: dict = {}
+    if args.model:
+        options["model"] = args.model
+    if args.adapter:
+        options["adapter"] = args.adapter
+    if args.backend == "transformers":
+        options["dtype"] = args.dtype
+    backend = create_backend(args.backend, **options)
+    backend.load()
+    return backend
+
+
+def table(rows) -> str:
+    head = (
+        f"{'setting':<20} {'stage':<10} {'n':>4} {'approved':>9} {'right act':>10} "
+        f"{'rule hits':>9} {'fallback':>9} {'p50 s':>7} {'tokens':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.setting:<20} {r.stage:<10} {r.n:>4} {r.approved:>9.0%} {r.right:>10.0%} "
+            f"{r.rule_hits:>9} {r.fallback:>9.0%} {r.latency_p50_s:>7.2f} {r.tokens_mean:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        flow = load_flow(args.flow)
+        contexts = held_out_contexts(flow, stages=args.stages, limit=args.limit)
+        backend = build_backend(args)
+    except SalesbotError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if "constrained" in args.decoding and not getattr(backend, "can_constrain", False):
+        print(f"error: backend {args.backend} cannot constrain decoding", file=sys.stderr)
+        return 2
+    compliance = ComplianceFilter(flow, create_embedder(flow.embedder))
+    load_before = os.getloadavg()
+    print(
+        f"{flow.name}: {len(contexts)} held-out contexts, backend {args.backend}, "
+        f"adapter {args.adapter or 'none'}, load average {load_before[0]:.1f}",
+        flush=True,
+    )
+    outcomes, started = [], time.perf_counter()
+    for decoding in args.decoding:  # in the order given; figures are written after each
+        for sampling in args.sampling:
+            sampled = sampling == "sampled"
+            t0 = time.perf_counter()
+            outcomes += evaluate(
+                flow, backend, compliance, contexts, decoding=decoding, sampled=sampled,
+                seed=args.seed, batch=args.batch if decoding == "free" else 1,
+                deadline_s=args.deadline,
+            )  # fmt: skip
+            print(
+                f"  {setting_name(decoding, sampled)}: {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
+            write_json(args, flow, contexts, outcomes, load_before)
+    print(table(summarise(outcomes)))
+    print(f"wall {time.perf_counter() - started:.0f} s, load average {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+def write_json(args, flow, contexts, outcomes, load_before) -> None:
+    """The figures so far (written after every setting, so a cut-short run keeps them)."""
+    rows = summarise(outcomes)
+    load_after = os.getloadavg()
+    if args.json:
+        report = {
+            "command": " ".join(["python", *sys.argv]),
+            "flow": flow.name,
+            "backend": args.backend,
+            "adapter": args.adapter,
+            "contexts": len(contexts),
+            "batch_free": args.batch,
+            "deadline_s": args.deadline,
+            "seed": args.seed,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "load_average": {"before": load_before, "after": load_after},
+            "summary": [r.as_dict() for r in rows],
+            "outcomes": [
+                {
+                    "setting": setting_name(o.decoding, o.sampled),
+                    "stage": o.context.stage,
+                    "intent": o.context.intent,
+                    "entered": o.context.entered,
+                    "customer": o.context.customer,
+                    "right_acts": list(o.context.right_acts),
+                    "draft": o.draft,
+                    "decision": o.decision,
+                    "script_id": o.script_id,
+                    "act": o.act,
+                    "right": o.right,
+                    "rule_hits": o.rule_hits,
+                    "tokens": o.completion_tokens,
+                    "latency_s": round(o.latency_s, 4),
+                    "error": o.error,
+                }
+                for o in outcomes
+            ],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, ensure_ascii=False, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The held-out evaluation harness: contexts from the simulation's bank, metrics from the real
+compliance filter, on scripted stand-in backends whose right answers are known in advance."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from engine.compliance import ComplianceFilter
+from engine.compliance.embedders import CharNgramEmbedder
+from engine.flow.loader import load_flow
+from engine.llm.base import BackendError, Generation
+from engine.simulation.personas import load_population
+from engine.tuning.evaluate import evaluate, held_out_contexts, right_acts, summarise
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOW = load_flow(ROOT / "flows" / "broadband_en")
+POPULATION = load_population(FLOW)
+PRICE = FLOW.render("objection.price", {})  # act handle_price_objection, no placeholders
+
+
+@pytest.fixture(scope="module")
+def compliance() -> ComplianceFilter:
+    return ComplianceFilter(FLOW, CharNgramEmbedder())
+
+
+@pytest.fixture(scope="module")
+def contexts():
+    return held_out_contexts(FLOW, POPULATION)
+
+
+class Drafts:
+    """Drafts ``reply(messages, choices)``; records the choices it was offered."""
+
+    name = "scripted"
+    can_constrain = True
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.offered: list[tuple[str, ...] | None] = []
+
+    def generate(self, messages, params, seed=None, session_key=None, choices=None):
+        self.offered.append(None if choices is None else tuple(choices))
+        text = self.reply(messages, choices)
+        if isinstance(text, Exception):
+            raise text
+        return Generation(text, 10, 7, 0.0)
+
+
+def test_customer_lines_come_from_the_held_out_bank_only(contexts):
+    bank = {line for lines in POPULATION.bank.intents.values() for line in lines}
+    training = {line for lines in FLOW.intents.values() for line in lines}
+    assert contexts and all(c.customer in bank for c in contexts)
+    assert not {c.customer for c in contexts} & training
+    assert {c.stage for c in contexts} == {"pitch", "objection"}
+    for c in contexts:
+        assert c.messages[-1] == {"role": "user", "content": c.customer}
+        assert c.customer in POPULATION.bank.intents[c.intent]
+
+
+def test_history_is_the_scripted_happy_path(contexts):
+    usage = next(c for c in contexts if c.stage == "pitch" and c.entered)
+    name = usage.slots["customer_name"]
+    assert [bot for _, bot in usage.history] == [
+        FLOW.render("greeting.open", usage.slots),
+        FLOW.render("identity.ask", usage.slots),
+        FLOW.render("identity.thanks", usage.slots),
+    ]
+    assert name in usage.messages[0]["content"]  # the persona names the customer
+    inside = next(c for c in contexts if c.stage == "pitch" and not c.entered)
+    assert len(inside.history) == 4  # plus one earlier pitch exchange: an approved script
+    said, answer = inside.history[3]
+    bank = {line for lines in POPULATION.bank.intents.values() for line in lines}
+    pitch = FLOW.stages["pitch"].compliance.candidates
+    assert said in bank
+    assert answer in {FLOW.render(c, dict(inside.slots)) for c in pitch}
+
+
+def test_right_acts_follow_the_flow():
+    moves = {m.intent: tuple(m.answered_by) for m in POPULATION.moves.values()}
+    assert right_acts(FLOW, moves, "objection", "price_objection") == (
+        "handle_price_objection",
+        "inform",
+    )
+    assert right_acts(FLOW, moves, "pitch", "describe_usage") == ("pitch",)  # no move
+    # an act the stage has no script for is dropped: pitch has no price-objection scripts
+    assert right_acts(FLOW, moves, "pitch", "ask_price") == ("inform",)
+
+
+def test_only_what_a_customer_says_in_an_llm_stage(contexts):
+    intents = {c.intent for c in contexts}
+    assert "price_objection" in intents and "describe_usage" in intents
+    assert not intents & {"affirm", "provide_identity", "wrong_person", "busy"}
+
+
+def test_limit_is_an_even_spread(contexts):
+    some = held_out_contexts(FLOW, POPULATION, limit=20)
+    assert len(some) == 20 and {c.stage for c in some} == {"pitch", "objection"}
+    assert some[0] == contexts[0]
+    only = held_out_contexts(FLOW, POPULATION, stages=["objection"])
+    assert only and {c.stage for c in only} == {"objection"}
+
+
+def test_metrics_of_a_backend_that_always_drafts_the_price_answer(compliance, contexts):
+    objection = [c for c in contexts if c.stage == "objection"]
+    outcomes = evaluate(FLOW, Drafts(lambda m, c: PRICE), compliance, objection)
+    assert all(o.approved and o.script_id == "objection.price" for o in outcomes)
+    expected = [("handle_price_objection" in c.right_acts) for c in objection]
+    assert [o.right for o in outcomes] == expected
+    assert 0 < sum(expected) < len(expected)  # a real mix of right and wrong
+    (row,) = [r for r in summarise(outcomes) if r.stage == "all"]
+    assert row.n == len(objection) and row.approved == 1.0 and row.fallback == 0.0
+    assert row.right == pytest.approx(sum(expected) / len(expected))
+    assert row.rule_hits == 0 and row.tokens_mean == 7
+
+
+def test_hard_rule_hits_and_backend_errors_are_fallbacks(compliance, contexts):
+    some = contexts[::40]
+
+    def reply(messages, choices):
+        customer = messages[-1]["content"]
+        if len(customer) % 2:
+            return BackendError("boom")
+        return PRICE + " And you get a 10% discount."
+
+    outcomes = evaluate(FLOW, Drafts(reply), compliance, some)
+    assert not any(o.approved or o.right for o in outcomes)
+    assert all(o.decision == "fallback" and o.fallback for o in outcomes)
+    errors = [o for o in outcomes if o.error]
+    assert errors and all(o.rule_hits == 0 for o in errors)
+    assert all(o.rule_hits >= 1 for o in outcomes if not o.error)
+    by_stage = {r.stage: r for r in summarise(outcomes)}
+    assert by_stage["all"].rule_hits == len(outcomes) - len(errors)
+    assert by_stage["all"].fallback == 1.0
+
+
+def test_constrained_offers_the_stage_candidates_rendered(compliance, contexts):
+    some = contexts[::25]
+    backend = Drafts(lambda m, choices: choices[-1])
+    outcomes = evaluate(FLOW, backend, compliance, some, decoding="constrained", sampled=True)
+    for context, offered, outcome in zip(some, backend.offered, outcomes, strict=True):
+        policy = FLOW.stages[context.stage].compliance
+        assert offered == compliance.candidate_texts(policy, context.slots)
+        assert not any(re.search(r"\{\w+\}", text) for text in offered)  # all slots filled
+        assert outcome.approved and outcome.draft == offered[-1]
+        assert FLOW.render(outcome.script_id, dict(context.slots)) == offered[-1]
+        assert outcome.decoding == "constrained" and outcome.sampled
+    assert {r.setting for r in summarise(outcomes)} == {"constrained sampled"}
+
+
+def test_free_decoding_offers_no_choices_and_greedy_params(compliance, contexts):
+    seen = []
+
+    class Params(Drafts):
+        def generate(self, messages, params, seed=None, session_key=None, choices=None):
+            seen.append((params.do_sample, params.deadline_s, seed))
+            return super().generate(messages, params, seed, session_key, choices)
+
+    backend = Params(lambda m, c: PRICE)
+    evaluate(FLOW, backend, compliance, contexts[:3], seed=5, deadline_s=99.0)
+    assert backend.offered == [None, None, None]
+    assert seen == [(False, 99.0, 5), (False, 99.0, 6), (False, 99.0, 7)]
+    with pytest.raises(ValueError, match="decoding"):
+        evaluate(FLOW, backend, compliance, contexts[:1], decoding="beam")
