@@ -273,8 +273,8 @@ def measure_training_peak(
     batch: int,
     seq: int,
     keep: int,
-    steps: int = 2,
     checkpointing: bool = False,
+    steps: int = 2,
     env: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Tune a random-weight model of ``shape`` for ``steps`` LoRA steps (fp32, CPU, the
