@@ -337,3 +337,20 @@ def test_demo_speaks_the_flows_language_and_reaches_its_llm_stage(flow_dir, tmp_
     assert turns[0].reply_text and script.slots["customer_name"] in turns[0].reply_text
     if flow_dir == INSURANCE:
         assert all(re.search(r"[\u4e00-\u9fff]", line) for line in script.lines)
+
+
+def test_bounded_int_option_shows_its_default_and_refuses_out_of_range():
+    import click
+
+    from engine.cli.common import bounded_int_option
+
+    @click.command()
+    @bounded_int_option("--wait", default=120, low=5, high=3600, help="Seconds to wait.")
+    def command(wait: int) -> None:
+        click.echo(f"wait={wait}")
+
+    runner = CliRunner()
+    assert runner.invoke(command, []).output == "wait=120\n"
+    assert "[default: 120; 5<=x<=3600]" in runner.invoke(command, ["--help"]).output
+    refused = runner.invoke(command, ["--wait", "4"])
+    assert refused.exit_code == 2 and "'--wait': 4 is not in the range 5<=x<=3600" in refused.output

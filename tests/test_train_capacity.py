@@ -19,30 +19,22 @@ from engine.llm.hf.train_capacity import (
     measure_training_peak,
 )
 
-SHAPE = ModelShape(
-    layers=4,
-    hidden=256,
-    intermediate=768,
-    heads=4,
-    kv_heads=2,
-    head_dim=64,
-    vocab=8192,
-    tied=True,
-    max_positions=4096,
-)
+# One table for both sides: the Llama config PEFT and the measured run see, and its shape.
+CONFIG = {
+    "num_hidden_layers": 4,
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,  # head_dim 256 / 4 = 64
+    "vocab_size": 8192,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 4096,
+}
+SHAPE = ModelShape.from_config(CONFIG)
 
 
 def test_lora_parameter_count_matches_peft():
-    config = LlamaConfig(
-        vocab_size=SHAPE.vocab,
-        hidden_size=SHAPE.hidden,
-        intermediate_size=SHAPE.intermediate,
-        num_hidden_layers=SHAPE.layers,
-        num_attention_heads=SHAPE.heads,
-        num_key_value_heads=SHAPE.kv_heads,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(LlamaConfig(**CONFIG))
     assert sum(p.numel() for p in model.parameters()) == SHAPE.params()
     peft = get_peft_model(model, LoraConfig(r=16, target_modules=list(PROJECTIONS)))
     trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)

@@ -19,6 +19,13 @@ def bounded_float_option(name: str, default: float, low: float, high: float, hel
     )
 
 
+def bounded_int_option(name: str, default: int, low: int, high: int, help: str):
+    """The whole-number sibling of :func:`bounded_float_option` (seconds, counts)."""
+    return click.option(
+        name, default=default, show_default=True, type=click.IntRange(low, high), help=help
+    )
+
+
 class ConfigError(click.ClickException):
     """A configuration problem: printed without a traceback, exit code 2."""
 

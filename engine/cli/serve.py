@@ -21,8 +21,17 @@ from typing import Any
 
 import click
 
-from engine.cli.common import DB_HELP, ConfigError, _load_flow_or_exit
+from engine.cli.common import DB_HELP, ConfigError, _load_flow_or_exit, bounded_int_option
 from engine.errors import SalesbotError
+
+_KEEP_ALIVE_HELP = (
+    "Seconds an idle keep-alive connection stays open: above a load balancer's idle "
+    "timeout (often 60 s), so the server never closes a connection a client is reusing."
+)
+_START_HELP = (
+    "Seconds a worker may take to start (it loads the classifier, embedder and LLM) and to "
+    "answer the supervisor's health check while busy, before it is replaced."
+)
 
 
 def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -86,22 +95,8 @@ def _log_config(level: str) -> dict:
     show_default=True,
 )
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
-@click.option(
-    "--timeout-keep-alive",
-    type=click.IntRange(1, 3600),
-    default=65,
-    show_default=True,
-    help="Seconds an idle keep-alive connection stays open: above a load balancer's idle "
-    "timeout (often 60 s), so the server never closes a connection a client is reusing.",
-)
-@click.option(
-    "--worker-start-timeout",
-    type=click.IntRange(5, 3600),
-    default=120,
-    show_default=True,
-    help="Seconds a worker may take to start (it loads the classifier, embedder and LLM) and to "
-    "answer the supervisor's health check while busy, before it is replaced.",
-)
+@bounded_int_option("--timeout-keep-alive", default=65, low=1, high=3600, help=_KEEP_ALIVE_HELP)
+@bounded_int_option("--worker-start-timeout", default=120, low=5, high=3600, help=_START_HELP)
 def serve(
     flow_dir: str,
     db: str,

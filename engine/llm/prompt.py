@@ -75,17 +75,7 @@ def build_messages(
         "Reply to the customer in one or two short, polite sentences. Do not invent prices, "
         "discounts or promises."
     )
-    messages: list[ChatMessage] = [{"role": "system", "content": system}]
-    for user_text, bot_text in recent_history(history, earlier):
-        if user_text:
-            messages.append({"role": "user", "content": user_text[:MAX_MESSAGE_CHARS]})
-        messages.append({"role": "assistant", "content": bot_text[:MAX_MESSAGE_CHARS]})
-    if customer_text and customer_text.strip():
-        messages.append({"role": "user", "content": customer_text[:MAX_MESSAGE_CHARS]})
-    else:
-        # Nothing usable was said (silence, noise): ask the model to carry the call on.
-        messages.append({"role": "user", "content": "(The customer is listening. Go on.)"})
-    return messages
+    return _with_history(system, history, customer_text, earlier)
 
 
 def playbook(flow: Flow) -> str:
@@ -151,6 +141,8 @@ def _with_history(
     customer_text: str | None,
     earlier: int,
 ) -> list[ChatMessage]:
+    """Both arms' prompts end alike: the system message, the windowed call so far (each message
+    capped) and the customer's last words, so the two arms differ only in what they instruct."""
     messages: list[ChatMessage] = [{"role": "system", "content": system}]
     for user_text, bot_text in recent_history(history, earlier):
         if user_text:
@@ -159,5 +151,6 @@ def _with_history(
     if customer_text and customer_text.strip():
         messages.append({"role": "user", "content": customer_text[:MAX_MESSAGE_CHARS]})
     else:
+        # Nothing usable was said (silence, noise): ask the model to carry the call on.
         messages.append({"role": "user", "content": "(The customer is listening. Go on.)"})
     return messages

@@ -367,23 +367,24 @@ def _compliance(
 def _process_order(
     counts: funnel_sql.FunnelCounts, arms: list[str], alpha: float
 ) -> list[ProcessOrderRow]:
-    rows = []
-    for arm in arms:
-        found = counts.findings.get(arm, {})
-        n = counts.assigned.get(arm, 0)
-        scripts = counts.findings_by_script.get(arm, {})
-        top = sorted(scripts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
-        rows.append(
-            ProcessOrderRow(
-                arm=arm,
-                calls_sent=stats.wilson(found.get("calls_sent", 0), n, alpha),
-                calls_attempted=stats.wilson(found.get("calls_attempted", 0), n, alpha),
-                sent=found.get("sent", 0),
-                attempted=found.get("attempted", 0),
-                top=[f"{key} ({count})" for key, count in top],
-            )
-        )
-    return rows
+    return [_process_order_row(counts, arm, alpha) for arm in arms]
+
+
+def _process_order_row(counts: funnel_sql.FunnelCounts, arm: str, alpha: float) -> ProcessOrderRow:
+    """One arm's process-order findings: call rates with intervals, the three scripts most often
+    said out of order."""
+    found = counts.findings.get(arm, {})
+    n = counts.assigned.get(arm, 0)
+    scripts = counts.findings_by_script.get(arm, {})
+    top = sorted(scripts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    return ProcessOrderRow(
+        arm=arm,
+        calls_sent=stats.wilson(found.get("calls_sent", 0), n, alpha),
+        calls_attempted=stats.wilson(found.get("calls_attempted", 0), n, alpha),
+        sent=found.get("sent", 0),
+        attempted=found.get("attempted", 0),
+        top=[f"{key} ({count})" for key, count in top],
+    )
 
 
 def _modes(arms: list[ArmSummary]) -> list[str]:

@@ -213,12 +213,7 @@ import torch
 from engine.llm.hf.decoder import DecodeRow
 from engine.llm.hf.backend import TransformersBackend
 from engine.flow.generation import GenerationParams
-
-def status(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
+from engine.llm.hf.measure import reset_peak, status
 
 dtype = sys.argv[1]
 context, sessions, threads = (int(a) for a in sys.argv[2:5])
@@ -233,8 +228,7 @@ backend = TransformersBackend(dtype=dtype, cache_mb=1 << 20, threads=threads)
 backend.use_model(models.load_model(path, resolve_precision(dtype).load_dtype), tokenizer)
 gc.collect()
 loaded = status("VmRSS")
-with open("/proc/self/clear_refs", "w") as handle:
-    handle.write("5")  # reset the peak (VmHWM) to now: the load's transient copy is not serving
+reset_peak()  # the load's transient copy is not serving
 params = GenerationParams(do_sample=False, max_new_tokens=1, deadline_s=120)
 generator = torch.Generator().manual_seed(0)
 for i in range(sessions):
@@ -261,6 +255,7 @@ def measure_peak(dtype: str, context: int, sessions: int, threads: int = 0) -> d
     import subprocess
     import sys
 
+    from engine.llm.hf.measure import run_script
     from engine.llm.hf.models import converted_dir, default_model_path
 
     if not (converted_dir(default_model_path()) / "config.json").is_file():
@@ -269,12 +264,4 @@ def measure_peak(dtype: str, context: int, sessions: int, threads: int = 0) -> d
         subprocess.run(
             [sys.executable, "-c", _CONVERT], capture_output=True, text=True, check=False
         )
-    result = subprocess.run(
-        [sys.executable, "-c", _MEASURE, dtype, str(context), str(sessions), str(threads)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise SalesbotError(f"measurement failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_script(_MEASURE, [dtype, str(context), str(sessions), str(threads)])

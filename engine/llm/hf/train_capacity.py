@@ -228,12 +228,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from engine.tuning.data import Example
 from engine.tuning.train import TuneConfig, tune
-
-def status(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
+from engine.llm.hf.measure import reset_peak, status
 
 shape = json.loads(sys.argv[1])
 batch, seq, keep, steps, ckpt = (int(a) for a in sys.argv[2:7])
@@ -266,8 +261,7 @@ with tempfile.TemporaryDirectory() as out:
     tune(model_of(small), Tokens(), examples[:batch], out, config, progress=False)  # warm-up
     gc.collect()
     base = status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")  # the peak (VmHWM) counts from here
+    reset_peak()
     tune(model_of(shape), Tokens(), examples, out, config, progress=False)
 print(json.dumps({"base": base, "peak": status("VmHWM")}))
 """
@@ -279,31 +273,15 @@ def measure_training_peak(
     batch: int,
     seq: int,
     keep: int,
-    steps: int = 2,
     checkpointing: bool = False,
+    steps: int = 2,
     env: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Tune a random-weight model of ``shape`` for ``steps`` LoRA steps (fp32, CPU, the
     default targets) in a fresh process; its resident memory before (``base``, after a warm-up
     run that loads torch's kernels) and at the peak (bytes). A fresh process so that nothing
     else is allocated; RSS because torch's CPU allocator keeps no statistics."""
-    import os
-    import subprocess
-    import sys
+    from engine.llm.hf.measure import run_script
 
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _MEASURE,
-            json.dumps(asdict(shape)),
-            *(str(v) for v in (batch, seq, keep, steps, int(checkpointing))),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
-    if result.returncode != 0:
-        raise SalesbotError(f"measurement failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    args = (batch, seq, keep, steps, int(checkpointing))
+    return run_script(_MEASURE, [json.dumps(asdict(shape)), *(str(v) for v in args)], env)

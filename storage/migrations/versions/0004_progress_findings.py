@@ -1,9 +1,4 @@
-"""the ruler's progress per conversation, process-order findings per turn
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-12-02 16:50:00.000000
-"""
+"""the ruler's progress per conversation, process-order findings per turn"""
 
 from __future__ import annotations
 
@@ -12,8 +7,6 @@ from alembic import op
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,9 +1,4 @@
-"""compliance_decisions.adapter_hash: the tuned LoRA adapter behind each LLM draft
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-12-02 16:50:00
-"""
+"""compliance_decisions.adapter_hash: the tuned LoRA adapter behind each LLM draft"""
 
 from __future__ import annotations
 
@@ -12,15 +7,13 @@ from alembic import op
 
 revision = "0005"
 down_revision = "0004"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("compliance_decisions", schema=None) as batch_op:
+    with op.batch_alter_table("compliance_decisions") as batch_op:
         batch_op.add_column(sa.Column("adapter_hash", sa.String(length=100), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("compliance_decisions", schema=None) as batch_op:
+    with op.batch_alter_table("compliance_decisions") as batch_op:
         batch_op.drop_column("adapter_hash")
