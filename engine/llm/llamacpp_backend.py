@@ -48,7 +48,6 @@ from engine.flow.generation import GenerationParams
 from engine.llm.base import (
     BackendError,
     BatchItem,
-    ChatMessage,
     Deadline,
     Generation,
     LLMBackend,
@@ -272,19 +271,18 @@ class LlamaCppBackend(LLMBackend):
     def _stream(self, request: BatchItem) -> Iterator[str]:
         """Text chunks as llama.cpp produces them; closing the iterator stops generation. With
         ``choices``, one chunk: the choice named by the shortest unique prefix."""
-        r = request
-        if r.choices is not None:
-            yield self._choose(list(r.messages), r.params, r.seed, r.session_key, r.choices)[0]
+        if request.choices is not None:
+            yield self._choose(request)[0]
             return
-        yield from self._chunks(list(r.messages), r.params, r.seed, r.session_key)
+        yield from self._chunks(request)
 
-    def _choose(self, messages, params, seed, session_key, choices) -> tuple[str, int]:
+    def _choose(self, request: BatchItem) -> tuple[str, int]:
         """(the chosen text, tokens generated): stop once the text so far fits one choice."""
-        options = tuple(dict.fromkeys(choices))
+        options = tuple(dict.fromkeys(request.choices or ()))
         if not options:
             raise BackendError("constrained decoding needs at least one choice")
         text, tokens = "", 0
-        chunks = self._chunks(messages, params, seed, session_key, options)
+        chunks = self._chunks(request, options)
         try:
             for chunk in chunks:
                 text += chunk
@@ -300,14 +298,10 @@ class LlamaCppBackend(LLMBackend):
         fitting = [c for c in options if c.startswith(text)]
         return (exact or fitting or [options[0]])[0], tokens
 
-    def _chunks(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        seed: int | None = None,
-        session_key: str | None = None,
-        choices: tuple[str, ...] | None = None,
-    ) -> Iterator[str]:
+    def _chunks(self, request: BatchItem, choices: tuple[str, ...] | None = None) -> Iterator[str]:
+        """Text chunks of one completion (within the grammar of ``choices`` when given)."""
+        messages, params = list(request.messages), request.params
+        seed, session_key = request.seed, request.session_key
         with self._lock:
             self.load()
             llm = self._llm
@@ -347,11 +341,8 @@ class LlamaCppBackend(LLMBackend):
 
     def _generate(self, request: BatchItem) -> Generation:
         started = time.perf_counter()
-        r = request
-        if r.choices is not None:
-            text, tokens = self._choose(
-                list(r.messages), r.params, r.seed, r.session_key, r.choices
-            )
+        if request.choices is not None:
+            text, tokens = self._choose(request)
             return Generation(text, 0, tokens, time.perf_counter() - started)
         text = "".join(self._stream(request)).strip()
         for stop in request.params.stop:
