@@ -53,6 +53,12 @@ def test_pinned_threshold_keeps_resident_memory_to_what_tensors_hold():
     pinned, growth, held = grow("pin")
     assert pinned
     assert growth <= held * 1.03  # 76 MiB kept; the freed transients went back to the OS
-    # Unpinned (opted out), glibc keeps freed transients between the kept tensors in its heap.
-    unpinned, slack_growth, _ = grow("pin", SALESBOT_MALLOC_PIN="0")
-    assert not unpinned and slack_growth >= held * 1.05
+
+
+def test_the_pin_can_be_opted_out_of():
+    """SALESBOT_MALLOC_PIN=0 leaves glibc's defaults alone. How much freed memory glibc then
+    keeps depends on the process's allocation history (85 MiB for these 76 once, 78 in a fresh
+    clone), so it is not asserted here; tests/test_capacity.py measures the pin's effect on the
+    real model against the estimate."""
+    unpinned, _, _ = grow("pin", SALESBOT_MALLOC_PIN="0")
+    assert not unpinned
