@@ -16,12 +16,12 @@ from the key so that a retried start finds the session its first attempt opened.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from engine.errors import IdempotencyKeyReused
+from engine.hashing import sha256_hex
 
 SESSION_TAG = "session:v1:"  # session ids derived from an idempotency key carry this scheme
 FINGERPRINT_TAG = "request:v1:"
@@ -30,8 +30,7 @@ FINGERPRINT_TAG = "request:v1:"
 def derived_session_id(idempotency_key: str, namespace: str = "") -> str:
     """The session id a start with ``idempotency_key`` gets (stable across versions: a retry
     after an upgrade must find the same session)."""
-    raw = f"{SESSION_TAG}{namespace}\x00{idempotency_key}".encode()
-    return hashlib.sha256(raw).hexdigest()[:32]
+    return sha256_hex(f"{SESSION_TAG}{namespace}\x00{idempotency_key}")[:32]
 
 
 def fingerprint(kind: str, session_id: str, body: Mapping[str, Any]) -> str:
@@ -39,7 +38,7 @@ def fingerprint(kind: str, session_id: str, body: Mapping[str, Any]) -> str:
     canonical = json.dumps(
         [kind, session_id, body], sort_keys=True, default=str, ensure_ascii=False
     )
-    return hashlib.sha256(f"{FINGERPRINT_TAG}{canonical}".encode()).hexdigest()
+    return sha256_hex(f"{FINGERPRINT_TAG}{canonical}")
 
 
 def check_retry(stored: Mapping[str, Any], key: str, expected: str | None) -> None:

@@ -109,7 +109,12 @@ class BatchItem:
 
 
 def _texts(choices: Sequence[str] | None) -> tuple[str, ...] | None:
-    return None if choices is None else tuple(choices)
+    """``choices`` as a tuple; an empty sequence is a caller's error, not "unconstrained"."""
+    if choices is None:
+        return None
+    if not choices:
+        raise BackendError("constrained decoding needs at least one choice")
+    return tuple(choices)
 
 
 class LLMBackend:
@@ -171,6 +176,11 @@ class BackendWrapper(LLMBackend):
     def __init__(self, inner: LLMBackend, name: str | None = None):
         self.inner = inner
         self.name = name or inner.name
+
+    @property
+    def can_constrain(self) -> bool:  # type: ignore[override]
+        """Constrained decoding is the wrapped backend's: a wrapper passes ``choices`` on."""
+        return self.inner.can_constrain
 
     def load(self) -> None:
         self.inner.load()

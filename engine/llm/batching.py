@@ -115,10 +115,6 @@ class BatchingBackend(BackendWrapper):
 
     # -- the backend contract -----------------------------------------------------------------
 
-    @property
-    def can_constrain(self) -> bool:  # type: ignore[override]
-        return self.inner.can_constrain
-
     def _generate(self, request: BatchItem) -> Generation:
         if self._closed:
             raise BackendError("the batching backend was closed")

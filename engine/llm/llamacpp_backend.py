@@ -278,9 +278,7 @@ class LlamaCppBackend(LLMBackend):
 
     def _choose(self, request: BatchItem) -> tuple[str, int]:
         """(the chosen text, tokens generated): stop once the text so far fits one choice."""
-        options = tuple(dict.fromkeys(request.choices or ()))
-        if not options:
-            raise BackendError("constrained decoding needs at least one choice")
+        options = tuple(dict.fromkeys(request.choices or ()))  # non-empty: see LLMBackend
         text, tokens = "", 0
         chunks = self._chunks(request, options)
         try:

@@ -172,7 +172,10 @@ class BatchOnly(BackendWrapper):
 
     def _generate(self, item: BatchItem) -> Generation:
         r = item
-        return self.inner.generate(list(r.messages), relaxed(r.params), r.seed, r.session_key)
+        extra = {} if r.choices is None else {"choices": r.choices}  # only constrained calls
+        return self.inner.generate(
+            list(r.messages), relaxed(r.params), r.seed, r.session_key, **extra
+        )
 
     @property
     def stats(self):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from engine.flow.generation import GenerationParams
@@ -164,7 +163,6 @@ class TransformersBackend(LLMBackend):
 
     def _generate(self, request: BatchItem) -> Generation:
         """With ``request.choices`` the reply is exactly one of these texts (constrained)."""
-        request = replace(request, choices=_choices(request.choices))
         deadline = Deadline.start(request.params, self.clock)
         generation = self._run([request], deadline.at)[0]
         if generation.finish_reason == "deadline" and not generation.text:
@@ -186,7 +184,6 @@ class TransformersBackend(LLMBackend):
         frees the model for the next caller. At the deadline the stream ends where it is (it
         raises ``DeadlineExceeded`` only if it had produced nothing). With ``choices`` the
         chosen text comes as one chunk once the prefix names it."""
-        request = replace(request, choices=_choices(request.choices))
         params = request.params
         deadline = Deadline.start(params, self.clock)
         self._acquire(deadline.at)
@@ -320,12 +317,3 @@ class TransformersBackend(LLMBackend):
         generated = output[0, len(row.prompt) :].tolist()
         row.generated = [t for t in generated if t not in self._decoder.eos_ids]
         row.finish = "stop" if len(row.generated) < len(generated) else "length"
-
-
-def _choices(choices: Sequence[str] | None) -> tuple[str, ...] | None:
-    """``choices`` as a tuple; an empty sequence is a caller's error, not "unconstrained"."""
-    if choices is None:
-        return None
-    if not choices:
-        raise BackendError("constrained decoding needs at least one choice")
-    return tuple(choices)
