@@ -14,10 +14,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
-import numpy as np
-
 from engine.compliance import ComplianceFilter, ComplianceResult
-from engine.compliance.filter import TOP_K, Match
+from engine.compliance.filter import Match
 from engine.flow.model import CompliancePolicy, Flow
 from engine.llm import BackendError, LLMBackend
 from engine.llm.prompt import build_playbook_messages
@@ -84,22 +82,8 @@ def match_library(
     """The draft's match among the scripts the call may hear now, and its nearest script over
     the whole library (preconditions ignored) when that one passes the threshold: one embedding.
     """
-    started = time.perf_counter()
-    candidates = policy.candidates
-    allowed = set(ruler.available(progress, candidates))
-    fillable = compliance.eligible_mask(policy, slots)
-    mask = fillable & np.array([c in allowed for c in candidates], dtype=bool)
-    if not raw.strip() or not mask.any():
-        return Match(raw, (), None, (), 0.0, (time.perf_counter() - started) * 1000), None
-    hits = tuple(compliance.rule_hits(raw, policy, slots))
-    vector = compliance.embed(raw)
-    embedded = time.perf_counter()
-    view = compliance.index.view(candidates)
-    top, margin = view.top(vector, mask, TOP_K)
-    nearest, _ = view.top(vector, fillable, 1)
-    done = time.perf_counter()
-    match = Match(
-        raw, tuple(top), margin, hits, (embedded - started) * 1000, (done - embedded) * 1000
-    )
-    best = nearest[0][0] if nearest and nearest[0][1] >= policy.threshold and not hits else None
-    return match, best
+    allowed = set(ruler.available(progress, policy.candidates))
+    match = compliance.match(raw, policy, slots, allowed=allowed)
+    best = match.nearest
+    aimed = best is not None and best[1] >= policy.threshold and not match.rule_hits
+    return match, best[0] if aimed else None

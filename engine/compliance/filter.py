@@ -20,7 +20,7 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,9 @@ class Match:
     rule_hits: tuple[RuleHit, ...]
     embed_ms: float
     match_ms: float
+    # With ``allowed`` (see ComplianceFilter.match): the best script ignoring that restriction,
+    # so a caller can tell a draft aimed at a script it may not say yet.
+    nearest: tuple[str, float] | None = None
 
     @property
     def score(self) -> float | None:
@@ -242,16 +245,31 @@ class ComplianceFilter:
         """The normalised embedding of one draft, as the index compares it."""
         return as_vector(self.embedder.embed_batch([text])[0])
 
-    def match(self, raw_text: str, policy: CompliancePolicy, slots: Mapping[str, str]) -> Match:
-        """Embed the draft and find its nearest eligible scripts; check the hard rules."""
+    def match(
+        self,
+        raw_text: str,
+        policy: CompliancePolicy,
+        slots: Mapping[str, str],
+        allowed: Collection[str] | None = None,
+    ) -> Match:
+        """Embed the draft and find its nearest eligible scripts; check the hard rules.
+
+        ``allowed``: only these candidates may be matched (scripts whose preconditions hold now);
+        the best over all fillable candidates is then reported too, as ``Match.nearest``.
+        """
         started = time.perf_counter()
-        mask = self.eligible_mask(policy, slots)
+        fillable = self.eligible_mask(policy, slots)
+        mask = fillable
+        if allowed is not None:
+            mask = fillable & np.array([c in allowed for c in policy.candidates], dtype=bool)
         if not raw_text.strip() or not mask.any():
             return Match(raw_text, (), None, (), 0.0, (time.perf_counter() - started) * 1000)
         hits = tuple(self.rule_hits(raw_text, policy, slots))
-        vector = as_vector(self.embedder.embed_batch([raw_text])[0])
+        vector = self.embed(raw_text)
         embedded = time.perf_counter()
-        top, margin = self.index.view(policy.candidates).top(vector, mask, TOP_K)
+        view = self.index.view(policy.candidates)
+        top, margin = view.top(vector, mask, TOP_K)
+        nearest = view.top(vector, fillable, 1)[0] if allowed is not None else []
         done = time.perf_counter()
         return Match(
             raw_text,
@@ -260,6 +278,7 @@ class ComplianceFilter:
             hits,
             embed_ms=(embedded - started) * 1000,
             match_ms=(done - embedded) * 1000,
+            nearest=nearest[0] if nearest else None,
         )
 
     def decide(
