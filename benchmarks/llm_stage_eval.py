@@ -2,7 +2,11 @@
 
     python benchmarks/llm_stage_eval.py flows/broadband_en --limit 60 --json /tmp/eval_en.json
     python benchmarks/llm_stage_eval.py flows/insurance_zh --backend llamacpp
-    python benchmarks/llm_stage_eval.py flows/broadband_en --adapter flows/broadband_en/adapter
+    python benchmarks/llm_stage_eval.py flows/broadband_en \
+        --adapter none flows/broadband_en/adapters/broadband_en
+
+``--adapter`` takes several values (``none``: the base model); each model drafts every setting,
+and the table shows them side by side, measured in one run on the same contexts.
 
 Contexts, the right acts per customer line and the metrics are defined in
 :mod:`engine.tuning.evaluate` (customer lines from utterances.yaml only). Per setting (decoding x
@@ -15,6 +19,7 @@ whose latency is then the batch's wall time) and the mean number of generated to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -45,7 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("flow", type=Path, help="flow folder (with utterances.yaml)")
     parser.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp"])
     parser.add_argument("--model", help="model path for the backend (default: SmolLM2)")
-    parser.add_argument("--adapter", help="a LoRA adapter folder made by `salesbot tune`")
+    parser.add_argument(
+        "--adapter", nargs="+", default=["none"],
+        help="LoRA adapter folders made by `salesbot tune`; none: the base model",
+    )  # fmt: skip
     parser.add_argument("--dtype", default="auto", help="transformers: auto | fp32 | bf16")
     parser.add_argument(
         "--decoding", nargs="+", default=list(DECODINGS)[::-1], choices=DECODINGS,
@@ -69,12 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_backend(args: argparse.Namespace):
+def build_backend(args: argparse.Namespace, adapter: str):
     options: dict = {}
     if args.model:
         options["model"] = args.model
-    if args.adapter:
-        options["adapter"] = args.adapter
+    if adapter != "none":
+        options["adapter"] = adapter
     if args.backend == "transformers":
         options["dtype"] = args.dtype
     backend = create_backend(args.backend, **options)
@@ -84,13 +92,13 @@ def build_backend(args: argparse.Namespace):
 
 def table(rows) -> str:
     head = (
-        f"{'setting':<20} {'stage':<10} {'n':>4} {'approved':>9} {'right act':>10} "
+        f"{'setting':<26} {'stage':<10} {'n':>4} {'approved':>9} {'right act':>10} "
         f"{'rule hits':>9} {'fallback':>9} {'p50 s':>7} {'tokens':>7}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r.setting:<20} {r.stage:<10} {r.n:>4} {r.approved:>9.0%} {r.right:>10.0%} "
+            f"{r.setting:<26} {r.stage:<10} {r.n:>4} {r.approved:>9.0%} {r.right:>10.0%} "
             f"{r.rule_hits:>9} {r.fallback:>9.0%} {r.latency_p50_s:>7.2f} {r.tokens_mean:>7.1f}"
         )
     return "\n".join(lines)
@@ -101,35 +109,43 @@ def main(argv: list[str] | None = None) -> int:
     try:
         flow = load_flow(args.flow)
         contexts = held_out_contexts(flow, stages=args.stages, limit=args.limit)
-        backend = build_backend(args)
     except SalesbotError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if "constrained" in args.decoding and not getattr(backend, "can_constrain", False):
-        print(f"error: backend {args.backend} cannot constrain decoding", file=sys.stderr)
         return 2
     compliance = ComplianceFilter(flow, create_embedder(flow.embedder))
     load_before = os.getloadavg()
     print(
         f"{flow.name}: {len(contexts)} held-out contexts, backend {args.backend}, "
-        f"adapter {args.adapter or 'none'}, load average {load_before[0]:.1f}",
+        f"adapters {' '.join(args.adapter)}, load average {load_before[0]:.1f}",
         flush=True,
     )
     outcomes, started = [], time.perf_counter()
-    for decoding in args.decoding:  # in the order given; figures are written after each
-        for sampling in args.sampling:
-            sampled = sampling == "sampled"
-            t0 = time.perf_counter()
-            outcomes += evaluate(
-                flow, backend, compliance, contexts, decoding=decoding, sampled=sampled,
-                seed=args.seed, batch=args.batch if decoding == "free" else 1,
-                deadline_s=args.deadline,
-            )  # fmt: skip
-            print(
-                f"  {setting_name(decoding, sampled)}: {time.perf_counter() - t0:.0f} s",
-                flush=True,
-            )
-            write_json(args, flow, contexts, outcomes, load_before)
+    for adapter in args.adapter:
+        try:
+            backend = build_backend(args, adapter)
+        except SalesbotError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if "constrained" in args.decoding and not getattr(backend, "can_constrain", False):
+            print(f"error: backend {args.backend} cannot constrain decoding", file=sys.stderr)
+            return 2
+        model = "base" if adapter == "none" else "tuned"
+        for decoding in args.decoding:  # in the order given; figures are written after each
+            for sampling in args.sampling:
+                sampled = sampling == "sampled"
+                t0 = time.perf_counter()
+                found = evaluate(
+                    flow, backend, compliance, contexts, decoding=decoding, sampled=sampled,
+                    seed=args.seed, batch=args.batch if decoding == "free" else 1,
+                    deadline_s=args.deadline,
+                )  # fmt: skip
+                outcomes += [dataclasses.replace(o, model=model) for o in found]
+                print(
+                    f"  {setting_name(decoding, sampled, model)}: {time.perf_counter() - t0:.0f} s",
+                    flush=True,
+                )
+                write_json(args, flow, contexts, outcomes, load_before)
+        backend.close()
     print(table(summarise(outcomes)))
     print(f"wall {time.perf_counter() - started:.0f} s, load average {os.getloadavg()[0]:.1f}")
     return 0
@@ -154,7 +170,7 @@ def write_json(args, flow, contexts, outcomes, load_before) -> None:
             "summary": [r.as_dict() for r in rows],
             "outcomes": [
                 {
-                    "setting": setting_name(o.decoding, o.sampled),
+                    "setting": setting_name(o.decoding, o.sampled, o.model),
                     "stage": o.context.stage,
                     "intent": o.context.intent,
                     "entered": o.context.entered,

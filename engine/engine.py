@@ -514,18 +514,26 @@ def _with_step(decision: Decision, step: Step, mode: Arm) -> Decision:
     return decision
 
 
+ADAPTER_BACKENDS = ("transformers", "llamacpp")
+
+
+def flow_backend_options(flow: Flow, name: str) -> dict[str, Any]:
+    """What the flow says about backend ``name``: its ``llm.backend_options`` when it is the
+    flow's own backend, and its tuned adapter for either in-process backend (an
+    OpenAI-compatible server loads its adapter itself: docs/tuning.md)."""
+    options = dict(flow.backend_options) if name == flow.backend else {}
+    if flow.adapter and name in ADAPTER_BACKENDS:
+        options["adapter"] = flow.adapter
+    return options
+
+
 def _flow_backend(flow: Flow, name: str | None, options: Mapping[str, Any] | None) -> LLMBackend:
     """The flow's backend (or the deployment's choice), loaded now: a lazy load on the first
     LLM turn would count against that turn's deadline and send its customer a fallback."""
-    if name is None or name == flow.backend:
-        adapter = (
-            {"adapter": flow.adapter} if flow.adapter and flow.backend == "transformers" else {}
-        )
-        backend = create_backend(
-            flow.backend, **{**adapter, **flow.backend_options, **dict(options or {})}
-        )
-    else:
-        backend = create_backend(name, **dict(options or {}))
+    chosen = name or flow.backend
+    backend = create_backend(
+        chosen, **{**flow_backend_options(flow, chosen), **dict(options or {})}
+    )
     backend.load()
     return backend
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from engine.compliance import ComplianceFilter, ComplianceResult
 from engine.compliance.filter import Match
@@ -55,10 +56,16 @@ def pure_reply(
     policy = flow.pure_llm
     assert policy is not None
     messages = build_playbook_messages(flow, history, slots, text, earlier)
+    extra = {}
+    if policy.decoding == "constrained" and backend.can_constrain:
+        # As in the hybrid LLM stages: the draft is one of the scripts the call may hear now.
+        allowed = replace(policy, candidates=tuple(ruler.available(progress, policy.candidates)))
+        choices = compliance.candidate_texts(allowed, slots)
+        extra = {"choices": choices} if choices else {}
     before = clock()
     try:
         generation = backend.generate(
-            messages, flow.default_generation, seed=seed, session_key=session_id
+            messages, flow.default_generation, seed=seed, session_key=session_id, **extra
         )
     except BackendError as exc:
         latencies["generate_ms"] = (clock() - before) * 1000

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,7 +156,7 @@ def test_empty_choices_are_an_error(backend):
         backend.generate(MESSAGES, GREEDY, choices=())
 
 
-# -- llama.cpp: a grammar of the candidate texts, with the real SmolLM2 GGUF ----------------------
+# -- llama.cpp: a token trie over the candidate texts, with the real SmolLM2 GGUF ----------------
 
 EN_CHOICES = (
     "Fibre 500 is £38 a month, just £8 more than you pay now.",
@@ -165,11 +166,17 @@ EN_CHOICES = (
 ZH_CHOICES = ("每月39元，保额200万。", "15天犹豫期内可以全额退保。")
 
 
-def test_gbnf_escapes_quotes_backslashes_and_newlines():
-    from engine.llm.llamacpp_backend import choices_grammar
+def test_trie_processor_allows_only_continuations_and_the_end_of_a_whole_text():
+    from engine.llm.llamacpp_backend import trie_processor
 
-    grammar = choices_grammar(['say "hi"\\', "two\nlines"])
-    assert grammar == 'root ::= "say \\"hi\\"\\\\" | "two\\nlines"\n'
+    trie = TokenTrie(["a b", "a", "c"], [[1, 2], [1], [3]])
+    process = trie_processor(trie, prompt_length=2, eos=0)
+    scores = np.arange(5, dtype=np.float32)
+    first = process(np.array([7, 8]), scores.copy())  # nothing generated yet: 1 or 3
+    assert np.isfinite(first).nonzero()[0].tolist() == [1, 3]
+    after_a = process(np.array([7, 8, 1]), scores.copy())  # "a" may end, or go on to "a b"
+    assert np.isfinite(after_a).nonzero()[0].tolist() == [0, 2]
+    assert after_a[2] == scores[2]  # the allowed keep their scores
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import shutil
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from engine.flow.loader import load_flow
 from engine.flow.tuning import StaleAdapterWarning
 from engine.llm.hf.backend import TransformersBackend
 from engine.tuning.adapters import merge_adapter, weights_fingerprint
-from engine.tuning.data import build_training_set
+from engine.tuning.data import build_training_set, build_tuning_set, playbook_messages
 from engine.tuning.manifest import MANIFEST, AdapterError, adapter_hash, read_manifest
 from engine.tuning.pipeline import tune_flow
 from engine.tuning.train import TuneConfig
@@ -86,10 +87,16 @@ def trained(tmp_path_factory):
 # -- training data -----------------------------------------------------------------------------
 
 
+def _hybrid(examples) -> list:
+    """The hybrid arm's examples: their prompt names the stage's task (the playbook does not)."""
+    return [e for e in examples if "Your task now:" in e.messages[0]["content"]]
+
+
 def test_examples_are_the_engines_prompts_answered_by_approved_scripts(trained):
     flow, examples = trained["flow"], trained["examples"]
-    assert len(examples.examples) == len(flow.intents["affirm"])  # greeting -> pitch on "yes"
-    for example in examples.examples:
+    hybrid = _hybrid(examples.examples)
+    assert len(hybrid) == len(flow.intents["affirm"])  # greeting -> pitch on "yes"
+    for example in hybrid:
         assert example.stage == "pitch" and example.intent == "affirm"
         assert example.script_id == "pitch.speed" and example.act == "pitch"
         assert example.reply == flow.render("pitch.speed", {"agent_name": "Sam"})
@@ -100,12 +107,47 @@ def test_examples_are_the_engines_prompts_answered_by_approved_scripts(trained):
         assert example.customer in flow.intents["affirm"]
 
 
+def test_the_pure_llm_arm_is_taught_what_the_hybrid_arm_would_say(trained):
+    """Both arms' prompts train one adapter: the pure-LLM arm's playbook prompt at every turn,
+    answered by the script the hybrid arm sends there, its opening included."""
+    examples = trained["examples"]
+    pure = [e for e in examples.examples if e not in _hybrid(examples.examples)]
+    assert pure and all("Work through these steps" in e.messages[0]["content"] for e in pure)
+    openings = [e for e in pure if e.customer == ""]
+    assert openings and {e.script_id for e in openings} == {"greeting.open"}
+    assert openings[0].messages[-1]["content"] == "(The customer is listening. Go on.)"
+    # "yes" to the greeting: the pitch the state machine moves on to (the example's stage is
+    # where its reply belongs)
+    yes = [e for e in pure if e.intent == "affirm"]
+    assert yes and {(e.stage, e.script_id) for e in yes} == {("pitch", "pitch.speed")}
+
+
 def test_training_data_is_seeded_and_hashed(trained):
     flow = trained["flow"]
-    again = build_training_set(flow, seed=CONFIG.seed)
+    again = build_tuning_set(flow, seed=CONFIG.seed, max_examples=CONFIG.max_examples)
     assert again.data_hash() == trained["examples"].data_hash()
-    other = build_training_set(flow, seed=CONFIG.seed + 1)
+    other = build_tuning_set(flow, seed=CONFIG.seed + 1, max_examples=CONFIG.max_examples)
     assert other.data_hash() != again.data_hash()
+
+
+def test_a_capped_set_samples_the_pure_arm_evenly_over_its_replies():
+    """The pure-LLM arm's turns are mostly re-prompts; the capped set spreads its share over
+    the scripts, so the pitch and objection answers are taught too."""
+    flow = load_flow(ROOT / "flows" / "broadband_en")
+    capped = build_tuning_set(flow, seed=0, max_examples=300)
+    assert len(capped.examples) == 300
+    pure = [e for e in capped.examples if e not in _hybrid(capped.examples)]
+    assert len(pure) == round(300 * 0.35)
+    counts = Counter(e.script_id for e in pure)
+    available = Counter(
+        e.script_id
+        for e in build_training_set(flow, arm="pure_llm", messages_fn=playbook_messages).examples
+    )
+    top = max(counts.values())
+    # round robin: a script got fewer than the most only when it had no more examples
+    assert all(n >= top - 1 or n == available[script] for script, n in counts.items())
+    assert available.most_common(1)[0][1] > 10 * top  # the re-prompts did not take over
+    assert {"pitch", "objection"} <= {e.stage for e in pure}
 
 
 def test_broadband_training_lines_come_from_intents_never_from_the_bank():
@@ -314,7 +356,7 @@ def test_cli_tune_configuration_errors_exit_2(tmp_path):
 def test_cli_tune_dry_run_counts_the_examples():
     out = CliRunner().invoke(main, ["tune", str(ROOT / "flows" / "broadband_en"), "--dry-run"])
     assert out.exit_code == 0, out.output
-    assert "examples (objection" in out.output and "data hash tuning-data:v1:" in out.output
+    assert "640 examples (greeting" in out.output and "data hash tuning-data:v1:" in out.output
 
 
 def test_manifest_is_json_with_sorted_keys(trained):

@@ -36,6 +36,20 @@ from engine.errors import SalesbotError
     show_default=True,
     help="Comma-separated module names LoRA adapts.",
 )
+@click.option(
+    "--top-layers",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Adapt only the last N decoder layers (0: all; all is ~2x slower on a CPU).",
+)
+@click.option(
+    "--max-examples",
+    type=int,
+    default=640,
+    show_default=True,
+    help="Train on a seeded sample of this many examples, both arms' prompts (0: all).",
+)
 @click.option("--batch", type=int, default=4, show_default=True)
 @click.option("--grad-accum", type=int, default=1, show_default=True)
 @click.option(
@@ -66,18 +80,20 @@ from engine.errors import SalesbotError
 @click.option("--dry-run", is_flag=True, help="Build and count the examples; train nothing.")
 def tune(flow_dir: str, out: str | None, model: str | None, **options) -> None:
     """Tune the flow's LLM stages: LoRA on (engine prompt -> approved script) examples."""
-    from engine.tuning.data import build_training_set
+    from engine.tuning.data import build_tuning_set
     from engine.tuning.pipeline import tune_flow
     from engine.tuning.train import TuneConfig
 
     flow = _load_flow_or_exit(flow_dir)
     resume, dry_run = options.pop("resume"), options.pop("dry_run")
     options["targets"] = tuple(t.strip() for t in options["targets"].split(",") if t.strip())
+    for name in ("top_layers", "max_examples"):  # 0: no limit
+        options[name] = options[name] or None
     config = TuneConfig(**options)
     try:
         config.preflight()
         if dry_run:
-            examples = build_training_set(flow, seed=config.seed)
+            examples = build_tuning_set(flow, seed=config.seed, max_examples=config.max_examples)
             _summary(examples)
             return
         result, examples = tune_flow(flow, out, config, model_path=model, resume=resume)

@@ -417,6 +417,7 @@ def _compile(
         universal_fallback=flow.compliance.universal_fallback,
         candidates=tuple(script_map),  # the whole library; engine/effects.py narrows it per turn
         margin=pure.margin if pure.margin is not None else flow.compliance.margin,
+        decoding=flow.compliance.decoding,  # both arms decode alike (a fair comparison)
         **_forbidden_fields(flow.compliance.forbidden, None),
     )
     return Flow(

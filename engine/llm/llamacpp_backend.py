@@ -15,11 +15,15 @@ Parameter mapping to llama.cpp's sampler:
 - ``num_beams`` > 1 has no equivalent (llama.cpp does not beam-search): refused with a clear
   error rather than silently ignored.
 - ``stop`` strings map to ``stop``; ``deadline_s`` is enforced between streamed tokens.
-- ``choices`` (constrained decoding): a GBNF grammar whose only sentences are the given texts
-  (``root ::= "text 1" | "text 2" ...``), so every token keeps the draft inside one of them;
-  the stream is closed as soon as the text so far is the prefix of a single choice, and that
-  choice's whole text is the reply. The no-repeat n-gram processor is left out there: the
-  texts are fixed, and banning a token inside one would only strand the grammar.
+- ``choices`` (constrained decoding): a logits processor masks every token that does not
+  continue some choice, walking a token trie over the choices' own llama.cpp token ids (the
+  :class:`~engine.llm.hf.constrained.TokenTrie` the transformers backend uses), so every token
+  keeps the draft inside one of them; generation stops as soon as the tokens so far belong to a
+  single choice, whose whole text is then the reply. A GBNF grammar of the texts was the first
+  form; llama-cpp-python's grammar sampler checks every vocabulary token against every live
+  alternative, seconds per token with 30 long literals on two cores (docs/benchmarks.md), where
+  the trie costs one numpy mask. The no-repeat n-gram processor is left out there: the texts
+  are fixed, and banning a token inside one would only strand the trie.
 
 Prefix reuse: the context keeps the live session's tokens; when another session needs the
 context, the live one's state (its KV cache) is saved first ("parked"), under a memory budget
@@ -37,7 +41,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,7 @@ from engine.llm.base import (
     Generation,
     LLMBackend,
 )
+from engine.llm.hf.constrained import TokenTrie
 from engine.llm.hf.models import default_model_path
 
 INSTALL_HINT = (
@@ -95,6 +100,29 @@ def _open_llama(llama_cpp, path: Path, extra_buffers: bool, **kwargs: Any):
             return llama_cpp.Llama(model_path=str(path), **kwargs)
         finally:
             low_level.llama_model_default_params = original
+
+
+def _gguf_adapter(folder: Path, base: Path) -> tuple[dict[str, Any], str]:
+    """The verified manifest of a `salesbot tune` adapter and its GGUF LoRA file (written by
+    tune beside the PEFT files, so the adapter hash covers it). llama.cpp applies it at run
+    time; the transformers backend merges the PEFT weights instead: same adapter, same hash."""
+    from engine.tuning.adapters import base_file_sha256
+    from engine.tuning.gguf_lora import GGUF_ADAPTER
+    from engine.tuning.manifest import AdapterError, check_base, verify_adapter
+
+    manifest = verify_adapter(folder)
+
+    def no_fingerprint() -> str:
+        raise AdapterError(f"{folder}: the manifest names no base model file to check against")
+
+    check_base(manifest, folder, base_file_sha256(base), no_fingerprint)
+    lora = folder / GGUF_ADAPTER
+    if not lora.is_file():
+        raise AdapterError(
+            f"{folder}: no {GGUF_ADAPTER} (the llamacpp backend's form of the adapter); "
+            "retrain with `salesbot tune`, which writes it"
+        )
+    return manifest, str(lora)
 
 
 def no_repeat_ngram_processor(size: int):
@@ -154,7 +182,7 @@ class LlamaCppBackend(LLMBackend):
 
     name = "llamacpp"
     can_stream = True
-    can_constrain = True  # ``choices``: a grammar of the candidate texts (see the module doc)
+    can_constrain = True  # ``choices``: a token trie over the candidate texts (the module doc)
 
     def __init__(
         self,
@@ -164,8 +192,11 @@ class LlamaCppBackend(LLMBackend):
         cache_mb: float = 256.0,
         prefix_reuse: bool = True,
         extra_buffers: bool = False,
+        adapter: str | Path | None = None,
     ):
         self.model_path = Path(model) if model else None
+        self.adapter = Path(adapter) if adapter else None
+        self.adapter_hash: str | None = None  # set once the adapter is applied
         self.n_ctx = n_ctx
         self.threads = threads
         self.prefix_reuse = prefix_reuse
@@ -175,7 +206,7 @@ class LlamaCppBackend(LLMBackend):
         self._formatter = None
         self._live_key: str | None = None  # the session whose tokens the context holds now
         self._lock = threading.Lock()
-        self._grammars: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        self._tries: OrderedDict[tuple[str, ...], TokenTrie] = OrderedDict()
         _import_llama()  # fail at construction, with the install hint, not mid-call
 
     def load(self) -> None:
@@ -194,7 +225,12 @@ class LlamaCppBackend(LLMBackend):
             "n_threads_batch": threads,
             "verbose": False,
         }
+        manifest = None
+        if self.adapter:
+            manifest, kwargs["lora_path"] = _gguf_adapter(self.adapter, path)
         self._llm = _open_llama(llama_cpp, path, self.extra_buffers, **kwargs)
+        if manifest is not None:
+            self.adapter_hash = manifest["adapter_hash"]
 
     @property
     def cache_bytes(self) -> int:
@@ -226,16 +262,20 @@ class LlamaCppBackend(LLMBackend):
         tokens = llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=False, special=True)
         return tokens, [s for s in stops if s]
 
-    def _grammar(self, choices: tuple[str, ...]):
-        """The parsed grammar of ``choices`` (cached: a stage's candidates repeat every turn)."""
-        grammar = self._grammars.get(choices)
-        if grammar is None:
-            grammar = _import_llama().LlamaGrammar.from_string(choices_grammar(choices), False)
-            self._grammars[choices] = grammar
-            if len(self._grammars) > 64:
-                self._grammars.popitem(last=False)
-        self._grammars.move_to_end(choices)
-        return grammar
+    def _trie(self, choices: tuple[str, ...]) -> TokenTrie:
+        """The token trie of ``choices`` (cached: a stage's candidates repeat every turn)."""
+        trie = self._tries.get(choices)
+        if trie is None:
+            llm = self._llm
+            sequences = [
+                llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+                for text in choices
+            ]
+            trie = self._tries[choices] = TokenTrie(choices, sequences)
+            if len(self._tries) > 64:
+                self._tries.popitem(last=False)
+        self._tries.move_to_end(choices)
+        return trie
 
     def _request(
         self,
@@ -261,7 +301,9 @@ class LlamaCppBackend(LLMBackend):
         if seed is not None:
             request["seed"] = seed
         if choices is not None:
-            request["grammar"] = self._grammar(choices)
+            request["logits_processor"] = llama_cpp.LogitsProcessorList(
+                [trie_processor(self._trie(choices), len(tokens), self._llm.token_eos())]
+            )
         elif params.no_repeat_ngram_size > 0:
             request["logits_processor"] = llama_cpp.LogitsProcessorList(
                 [no_repeat_ngram_processor(params.no_repeat_ngram_size)]
@@ -277,27 +319,38 @@ class LlamaCppBackend(LLMBackend):
         yield from self._chunks(request)
 
     def _choose(self, request: BatchItem) -> tuple[str, int]:
-        """(the chosen text, tokens generated): stop once the text so far fits one choice."""
+        """(the chosen text, tokens generated): stop once the tokens so far fit one choice."""
         options = tuple(dict.fromkeys(request.choices or ()))  # non-empty: see LLMBackend
-        text, tokens = "", 0
-        chunks = self._chunks(request, options)
+        generated: list[int] = []
+        chunks = self._chunks(request, options, generated)
         try:
-            for chunk in chunks:
-                text += chunk
-                tokens += 1
-                fitting = [c for c in options if c.startswith(text)]
-                if len(fitting) == 1:
-                    return fitting[0], tokens
+            for _ in chunks:
+                trie = self._trie(options)
+                chosen = trie.unique(generated)
+                if chosen is not None:
+                    return options[chosen], len(generated)
         finally:
             chunks.close()
-        if not text:
-            raise BackendError("llama.cpp produced no text within the grammar")
-        exact = [c for c in options if c == text]
-        fitting = [c for c in options if c.startswith(text)]
-        return (exact or fitting or [options[0]])[0], tokens
+        if not generated:
+            raise BackendError("llama.cpp produced no token within the choices")
+        # Ended (end of sequence, or max tokens) while several choices were still open: the
+        # one that ends here, else the first that starts so.
+        trie = self._trie(options)
+        node = trie.node(generated)
+        chosen = node.ends if node is not None else None
+        if chosen is None:
+            chosen = trie.first_consistent(generated)
+        return options[chosen], len(generated)
 
-    def _chunks(self, request: BatchItem, choices: tuple[str, ...] | None = None) -> Iterator[str]:
-        """Text chunks of one completion (within the grammar of ``choices`` when given)."""
+    def _chunks(
+        self,
+        request: BatchItem,
+        choices: tuple[str, ...] | None = None,
+        generated: list[int] | None = None,
+    ) -> Iterator[str]:
+        """Text chunks of one completion (within ``choices`` when given). ``generated``
+        collects the completion's token ids as they come (the trie reads ids, not text: a
+        multi-byte character may span tokens, and llama.cpp then holds its text back)."""
         messages, params = list(request.messages), request.params
         seed, session_key = request.seed, request.session_key
         with self._lock:
@@ -315,6 +368,13 @@ class LlamaCppBackend(LLMBackend):
             try:
                 request = self._request(messages, params, seed, choices)
                 prompt = request["prompt"]
+                if generated is not None:  # constrained: token ids, through llama.cpp's own loop
+                    for token in self._constrained_tokens(request, seed):
+                        generated.append(token)
+                        yield ""
+                        if deadline.passed():
+                            raise deadline.exceeded("llamacpp")
+                    return
                 for chunk in llm.create_completion(**request):
                     text = chunk["choices"][0]["text"]
                     if text:
@@ -337,6 +397,29 @@ class LlamaCppBackend(LLMBackend):
                     # without this flag an identical next prompt would sample from them.
                     llm._requires_eval = True
 
+    def _constrained_tokens(self, request: dict[str, Any], seed: int | None) -> Iterator[int]:
+        """The completion's token ids up to (not including) end of sequence, sampled as
+        ``create_completion`` would sample them (the same sampler chain and seed)."""
+        llm = self._llm
+        if seed is not None:
+            llm.set_seed(seed)
+        eos = llm.token_eos()
+        tokens = llm.generate(
+            request["prompt"],
+            top_k=request["top_k"],
+            top_p=request["top_p"],
+            temp=request["temperature"],
+            repeat_penalty=request["repeat_penalty"],
+            logits_processor=request["logits_processor"],
+        )
+        try:
+            for count, token in enumerate(tokens):
+                if token == eos or count >= request["max_tokens"]:
+                    return
+                yield token
+        finally:
+            tokens.close()
+
     def _generate(self, request: BatchItem) -> Generation:
         started = time.perf_counter()
         if request.choices is not None:
@@ -354,20 +437,19 @@ class LlamaCppBackend(LLMBackend):
         )
 
 
-def gbnf_literal(text: str) -> str:
-    """``text`` as a GBNF string literal (backslash, quote and control characters escaped)."""
-    escaped = (
-        text.replace("\\", "\\\\")
-        .replace('"', '\\"')
-        .replace("\n", "\\n")
-        .replace("\r", "\\r")
-        .replace("\t", "\\t")
-    )
-    return f'"{escaped}"'
+def trie_processor(trie: TokenTrie, prompt_length: int, eos: int):
+    """A llama.cpp logits processor that allows only the tokens continuing a text of ``trie``
+    (and end of sequence where a text ends), given the completion so far: the ids after the
+    prompt's ``prompt_length``."""
 
+    def process(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        allowed, ends = trie.allowed([int(t) for t in input_ids[prompt_length:]])
+        if ends:
+            allowed = [*allowed, eos]
+        if not allowed:  # off the trie (cannot happen while every step is masked): stop
+            allowed = [eos]
+        masked = np.full_like(scores, -np.inf)
+        masked[allowed] = scores[allowed]
+        return masked
 
-def choices_grammar(choices: Sequence[str]) -> str:
-    """A GBNF grammar whose sentences are exactly ``choices``."""
-    if not choices:
-        raise BackendError("constrained decoding needs at least one choice")
-    return "root ::= " + " | ".join(gbnf_literal(c) for c in choices) + "\n"
+    return process

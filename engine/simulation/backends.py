@@ -13,19 +13,17 @@ CACHE_MB_PER_CONVERSATION = 32
 def build_backend(name: str | None, flow, batch: int, concurrency: int | None = None):
     """The flow's LLM backend (``llm.backend``) or the one named, batched across conversations
     (see engine.simulation.batching)."""
+    from engine.engine import flow_backend_options
     from engine.llm import create_backend
     from engine.simulation import standin  # noqa: F401  (registers script-sampler)
     from engine.simulation.batching import simulation_backend
 
-    if name is None or name == flow.backend:
-        options = dict(flow.backend_options)
-        if flow.backend == "transformers" and concurrency:
-            options.setdefault("cache_mb", max(512, CACHE_MB_PER_CONVERSATION * concurrency))
-        backend = create_backend(flow.backend, **options)
-    elif name == "script-sampler":
+    name = name or flow.backend
+    if name == "script-sampler":
         backend = create_backend(name, flow=flow)
-    elif name == "transformers" and concurrency:
-        backend = create_backend(name, cache_mb=max(512, CACHE_MB_PER_CONVERSATION * concurrency))
     else:
-        backend = create_backend(name)
+        options = flow_backend_options(flow, name)
+        if name == "transformers" and concurrency:
+            options.setdefault("cache_mb", max(512, CACHE_MB_PER_CONVERSATION * concurrency))
+        backend = create_backend(name, **options)
     return simulation_backend(backend, max_batch=batch)

@@ -33,7 +33,7 @@ from pathlib import Path
 from engine.flow.model import Flow, Stage
 from engine.hashing import content_hash
 from engine.llm.base import ChatMessage
-from engine.llm.prompt import build_messages
+from engine.llm.prompt import build_messages, build_playbook_messages
 from engine.policy import Arm, decide, entry
 
 DATA_SCHEME = "tuning-data:v1:"
@@ -42,9 +42,16 @@ NAMES = {
     "en": ("Alex", "Sam", "Jordan", "Morgan", "Chris", "Pat", "Lee", "Robin", "Jamie", "Taylor"),
     "zh": ("王伟", "李娜", "张敏", "刘洋", "陈静", "杨磊", "赵军", "黄丽"),
 }
-# A prompt builder: the engine's build_messages signature. The pure-LLM playbook prompt (issue
-# 15) plugs in here, with arm="pure_llm".
+# A prompt builder with the engine's build_messages signature (flow, stage, history, slots,
+# customer text); :func:`playbook_messages` is the pure-LLM arm's.
 MessagesFn = Callable[..., list[ChatMessage]]
+
+
+def playbook_messages(
+    flow: Flow, stage: Stage, history: Sequence[tuple[str | None, str]], slots, customer
+) -> list[ChatMessage]:
+    """The pure-LLM arm's prompt for a training context: the playbook names no stage."""
+    return build_playbook_messages(flow, history, slots, customer)
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,8 @@ def contexts(
     """Every (history, stage, intent) at which the policy asks the LLM for a reply, over the
     shortest scripted way to each stage and up to ``llm_turns`` earlier LLM exchanges (only
     through exchanges that ``answerable(stage, intent)`` says have an answering script)."""
-    start = entry(flow, flow.start, None, arm, "start")
+    # Both arms' histories hold what the hybrid arm would have said, its opening included.
+    start = entry(flow, flow.start, None, "hybrid", "start")
     first = Step(None, flow.start, start.reply.script_id if start.reply.kind == "script" else None)
     queue: deque[tuple[str, tuple[Step, ...], int]] = deque([(flow.start, (first,), 0)])
     seen = {(flow.start, 0)}
@@ -209,8 +217,79 @@ def build_training_set(
                         act=script.act,
                     )
                 )
+    if arm == "pure_llm":  # the pure-LLM bot drafts the opening too, with nothing said yet
+        examples += _openings(flow, rng, messages_fn, count=max(1, len(examples) // 40))
     rng.shuffle(examples)
     return TrainingSet(tuple(examples), tuple(uncovered))
+
+
+def build_tuning_set(
+    flow: Flow, *, seed: int = 0, max_examples: int | None = None, pure_share: float = 0.35
+) -> TrainingSet:
+    """What `salesbot tune` trains on: both arms' prompts, so one adapter serves the hybrid LLM
+    stages and the pure-LLM arm alike (a comparison in which only one arm's model was tuned
+    would measure the tuning, not the designs).
+
+    ``max_examples``: a seeded sample of at most this many, ``pure_share`` of them from the
+    pure-LLM arm's playbook prompts (where the flow has that arm); the rest hybrid.
+    """
+    hybrid = build_training_set(flow, seed=seed)
+    pure = (
+        build_training_set(flow, seed=seed, arm="pure_llm", messages_fn=playbook_messages)
+        if flow.pure_llm is not None
+        else TrainingSet((), ())
+    )
+    rng = random.Random(seed)
+    hybrid_n, pure_n = len(hybrid.examples), len(pure.examples)
+    if max_examples is not None and hybrid_n + pure_n > max_examples:
+        pure_n = min(pure_n, round(max_examples * pure_share)) if hybrid_n else max_examples
+        hybrid_n = min(hybrid_n, max_examples - pure_n)
+    examples = rng.sample(hybrid.examples, hybrid_n) + balanced_sample(pure.examples, pure_n, rng)
+    rng.shuffle(examples)
+    uncovered = tuple(dict.fromkeys(hybrid.uncovered + pure.uncovered))
+    return TrainingSet(tuple(examples), uncovered)
+
+
+def balanced_sample(examples: Sequence[Example], n: int, rng: random.Random) -> list[Example]:
+    """``n`` examples spread evenly over their replies' scripts (round robin over the scripts,
+    each script's examples in seeded order). The pure-LLM arm's turns are mostly re-prompts
+    (every line the greeting stage does not expect gets one); a plain sample would teach little
+    else, while the pitch, the objections and the close are where a call is won."""
+    by_script: dict[str, list[Example]] = {}
+    for example in examples:
+        by_script.setdefault(example.script_id, []).append(example)
+    queues = [rng.sample(group, len(group)) for _, group in sorted(by_script.items())]
+    picked: list[Example] = []
+    while len(picked) < n and queues:
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+        queues = [q for q in queues if q]
+    return picked
+
+
+def _openings(flow: Flow, rng: random.Random, messages_fn: MessagesFn, count: int) -> list[Example]:
+    """The call's first turn: no history, no customer line, the hybrid arm's opening script."""
+    opening = entry(flow, flow.start, None, "hybrid", "start").reply
+    if opening.kind != "script" or opening.script_id is None:
+        return []
+    script = flow.scripts[opening.script_id]
+    found = []
+    for _ in range(count):
+        slots = _slots(flow, rng)
+        messages = messages_fn(flow, flow.stages[flow.start], [], slots, None)
+        found.append(
+            Example(
+                stage=flow.start,
+                intent="",
+                customer="",
+                messages=tuple(messages),
+                reply=script.render(slots),
+                script_id=script.id,
+                act=script.act,
+            )
+        )
+    return found
 
 
 def _answering(

@@ -78,6 +78,7 @@ class Outcome:
     completion_tokens: int
     latency_s: float  # generation + compliance filter
     error: str | None = None  # the backend failed (the engine would send the fallback)
+    model: str = ""  # which model drafted, when several are compared ("base", "tuned")
 
     @property
     def approved(self) -> bool:
@@ -334,23 +335,26 @@ class Summary:
         return dataclasses.asdict(self)
 
 
-def setting_name(decoding: str, sampled: bool) -> str:
-    return f"{decoding} {'sampled' if sampled else 'greedy'}"
+def setting_name(decoding: str, sampled: bool, model: str = "") -> str:
+    name = f"{decoding} {'sampled' if sampled else 'greedy'}"
+    return f"{model} {name}" if model else name
 
 
 def summarise(outcomes: Sequence[Outcome]) -> list[Summary]:
     """Per setting: one row per stage, then one for all stages."""
     rows: list[Summary] = []
-    settings = dict.fromkeys((o.decoding, o.sampled) for o in outcomes)
-    for decoding, sampled in settings:
-        mine = [o for o in outcomes if (o.decoding, o.sampled) == (decoding, sampled)]
+    settings = dict.fromkeys((o.model, o.decoding, o.sampled) for o in outcomes)
+    for model, decoding, sampled in settings:
+        mine = [
+            o for o in outcomes if (o.model, o.decoding, o.sampled) == (model, decoding, sampled)
+        ]
         stages = list(dict.fromkeys(o.context.stage for o in mine))
         for stage in [*stages, "all"]:
             group = [o for o in mine if stage == "all" or o.context.stage == stage]
             n = len(group)
             rows.append(
                 Summary(
-                    setting=setting_name(decoding, sampled),
+                    setting=setting_name(decoding, sampled, model),
                     stage=stage,
                     n=n,
                     approved=sum(o.approved for o in group) / n,

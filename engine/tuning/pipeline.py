@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.flow.model import Flow
-from engine.tuning.data import TrainingSet, bank_lines, build_training_set
+from engine.tuning.data import TrainingSet, bank_lines, build_training_set, build_tuning_set
 from engine.tuning.train import TuneConfig, TuneResult, TuningConfigError, tune
 
 
@@ -36,7 +36,7 @@ def tune_flow(
     """Build the flow's examples and train an adapter on ``model_path`` (default: the flow's
     transformers model, else SmolLM2-135M-Instruct), or on an in-memory ``model``."""
     config.preflight()
-    examples = build_training_set(flow, seed=config.seed)
+    examples = build_tuning_set(flow, seed=config.seed, max_examples=config.max_examples)
     if not examples.examples:
         raise TuningConfigError(
             f"{flow.folder}: no training example: no LLM stage reply is reachable with an "
@@ -44,6 +44,7 @@ def tune_flow(
         )
     held_out = held_out_set(flow, config.seed)
     base: dict[str, Any] = {}
+    gguf_base = None
     if model is None:
         import torch
 
@@ -58,6 +59,7 @@ def tune_flow(
         model = _load_base(path, dtype, config.load_in_8bit)
         tokenizer = load_tokenizer(path)
         base = {"file": path.name, "sha256": base_file_sha256(path)}
+        gguf_base = path if path.suffix == ".gguf" else None
     fingerprint = None
     if not base:
         from engine.tuning.adapters import weights_fingerprint
@@ -85,6 +87,7 @@ def tune_flow(
         resume=resume,
         progress=progress,
         base_weights_fingerprint=fingerprint,
+        gguf_base=gguf_base,
     )
     return result, examples
 

@@ -64,6 +64,8 @@ class TuneConfig:
     alpha: int = 32
     dropout: float = 0.0
     targets: tuple[str, ...] = ALL_PROJECTIONS
+    top_layers: int | None = 8  # adapt only the last N decoder layers (None: all)
+    max_examples: int | None = 640  # a seeded, balanced sample of the flow's examples (None: all)
     batch: int = 4
     grad_accum: int = 1
     warmup: float = 0.03  # fraction of the steps with a linear warm-up
@@ -89,6 +91,10 @@ class TuneConfig:
             raise TuningConfigError("lr and epochs must be positive")
         if self.max_steps is not None and self.max_steps < 1:
             raise TuningConfigError("max-steps must be at least 1")
+        if self.top_layers is not None and self.top_layers < 1:
+            raise TuningConfigError("top-layers must be at least 1 (or unset for every layer)")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise TuningConfigError("max-examples must be at least 1 (or unset for all)")
         if not self.targets:
             raise TuningConfigError("targets: name at least one module (e.g. q_proj,v_proj)")
 
@@ -263,13 +269,16 @@ def tune(
     resume: bool = False,
     progress: bool = True,
     base_weights_fingerprint: str | None = None,
+    gguf_base: str | Path | None = None,
 ) -> TuneResult:
     """Train a LoRA adapter on ``train`` and save it with its manifest in ``out``.
 
     ``model``: a transformers causal LM (its weights are not changed: PEFT wraps it and only the
     adapter trains). ``held_out``: examples scored (mean reply-token loss) before and after.
     ``manifest_fields``: the flow's hashes and the base model's identity, written with the
-    hyperparameters, the figures and the adapter hash.
+    hyperparameters, the figures and the adapter hash. ``gguf_base``: the base model's GGUF;
+    the adapter is then also written as a GGUF LoRA (``adapter.gguf``, for the llamacpp
+    backend), before the manifest, so the adapter hash covers both forms.
     """
     import torch
     from accelerate import Accelerator
@@ -277,6 +286,7 @@ def tune(
     from peft import LoraConfig, get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
+    from engine.tuning.gguf_lora import GGUF_ADAPTER, write_gguf_lora
     from engine.tuning.manifest import write_manifest
 
     precision = config.preflight()
@@ -294,7 +304,9 @@ def tune(
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.gradient_checkpointing
         )
+    layers = _adapted_layers(model, config.top_layers)
     lora = LoraConfig(
+        layers_to_transform=layers,
         r=config.rank,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
@@ -418,6 +430,9 @@ def tune(
         for stale in ("adapter_model.safetensors", "adapter_model.bin"):
             (out / stale).unlink(missing_ok=True)
         unwrapped.save_pretrained(out, state_dict=state, safe_serialization=True)
+        (out / GGUF_ADAPTER).unlink(missing_ok=True)
+        if gguf_base is not None:
+            write_gguf_lora(out, gguf_base)
         hyper = asdict(config)
         hyper["targets"] = list(config.targets)
         fields = dict(manifest_fields or {})
@@ -454,6 +469,19 @@ def tune(
         shutil.rmtree(checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()
     return result
+
+
+def _adapted_layers(model, top: int | None) -> list[int] | None:
+    """Indices of the last ``top`` decoder layers (None: every layer, also when the model has no
+    more than ``top``). Adapting only the top layers is what makes a CPU run fast: nothing below
+    the lowest adapted layer needs a gradient, so autograd records none of it and the backward
+    pass stops there (measured on 2 cores: 546 against 242 tokens/s with all 30 layers)."""
+    if top is None:
+        return None
+    count = getattr(model.config, "num_hidden_layers", None)
+    if count is None:
+        raise TuningConfigError("top-layers: the model does not say how many layers it has")
+    return list(range(count - top, count)) if top < count else None
 
 
 def _to(batch: dict[str, Any], accelerator) -> dict[str, Any]:
