@@ -268,8 +268,7 @@ class LlamaCppBackend(LLMBackend):
         if trie is None:
             llm = self._llm
             sequences = [
-                llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-                for text in choices
+                llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) for text in choices
             ]
             trie = self._tries[choices] = TokenTrie(choices, sequences)
             if len(self._tries) > 64:
