@@ -7,6 +7,12 @@ turn 6 of a call, with per-session prefix reuse. Greedy decoding, so the complia
 of the backends can be compared on identical prompts.
 
     python benchmarks/llm_backends.py --sessions 5 --json /tmp/llm_backends.json
+    python benchmarks/llm_backends.py --adapter flows/broadband_en/adapters/broadband_en \
+        --decoding constrained --backends "transformers bf16" llamacpp
+
+``--adapter``: a `salesbot tune` adapter, served by every backend (merged by transformers, the
+GGUF LoRA in llama.cpp). ``--decoding constrained``: every decision chooses among the stage's
+candidate scripts (the engine's strict-mode decoding; it stops once the prefix names one).
 """
 
 from __future__ import annotations
@@ -66,12 +72,25 @@ BOT_LINES = [  # the bot's side of the history: approved pitch lines, the same f
 ]
 
 
-def backends() -> dict[str, object]:
-    return {
-        "transformers fp32": TransformersBackend(dtype="fp32"),
-        "transformers bf16": TransformersBackend(dtype="bf16"),
-        "llamacpp": LlamaCppBackend(),
+BACKENDS = ("transformers fp32", "transformers bf16", "llamacpp")
+DECODING = "free"  # or "constrained" (--decoding)
+
+
+def backends(names, adapter: Path | None) -> dict[str, object]:
+    options = {"adapter": adapter} if adapter else {}
+    made = {
+        "transformers fp32": lambda: TransformersBackend(dtype="fp32", **options),
+        "transformers bf16": lambda: TransformersBackend(dtype="bf16", **options),
+        "llamacpp": lambda: LlamaCppBackend(**options),
     }
+    return {name: made[name]() for name in names}
+
+
+def choices(stage) -> tuple[str, ...] | None:
+    """The stage's candidate scripts, rendered, when decoding is constrained."""
+    if DECODING != "constrained":
+        return None
+    return COMPLIANCE.candidate_texts(stage.compliance, SLOTS)
 
 
 def first_token_and_decode(backend) -> tuple[float, float]:
@@ -106,7 +125,9 @@ def call_decisions(backend, compliance, sessions: int) -> tuple[list[float], lis
         for t, said in enumerate(CALLER, start=1):
             messages = build_messages(FLOW_OBJ, stage, history, SLOTS, f"{said} ({s})")
             started = time.perf_counter()
-            draft = backend.generate(messages, PARAMS, seed=0, session_key=key)
+            draft = backend.generate(
+                messages, PARAMS, seed=0, session_key=key, choices=choices(stage)
+            )
             result = compliance.check(draft.text, "pitch", stage.compliance, key, SLOTS)
             elapsed = time.perf_counter() - started
             (turn1 if t == 1 else turn6 if t == 6 else []).append(elapsed)
@@ -129,7 +150,7 @@ def context_decisions(backend, compliance) -> list:
         messages = build_messages(
             FLOW_OBJ, stage, context_history(FLOW_OBJ, context), SLOTS, context.customer
         )
-        draft = backend.generate(messages, PARAMS, seed=0)
+        draft = backend.generate(messages, PARAMS, seed=0, choices=choices(stage))
         result = compliance.check(draft.text, context.stage, stage.compliance, "ctx", SLOTS)
         chosen.append((f"context {context.name}", accepted_script(result)))
     return chosen
@@ -139,20 +160,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--adapter", type=Path, help="a `salesbot tune` adapter folder")
+    parser.add_argument("--decoding", default="free", choices=["free", "constrained"])
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     args = parser.parse_args()
-    global FLOW_OBJ
+    global FLOW_OBJ, COMPLIANCE, DECODING
     FLOW_OBJ = load_flow(FLOW)
-    compliance = ComplianceFilter(FLOW_OBJ, MiniLMEmbedder())
+    DECODING = args.decoding
+    compliance = COMPLIANCE = ComplianceFilter(FLOW_OBJ, MiniLMEmbedder())
     compliance.embedder.embed_batch(["warm up"])
     TransformersBackend().load()  # make sure the GGUF conversion cache exists: warm starts only
-    rows, choices = [], {}
-    for name, backend in backends().items():
+    rows, decided = [], {}
+    print(f"adapter {args.adapter or 'none'}, decoding {DECODING}, load {os.getloadavg()[0]:.1f}")
+    for name, backend in backends(args.backends, args.adapter).items():
         started = time.perf_counter()
         backend.load()
         load_s = time.perf_counter() - started
         first_token, decode = first_token_and_decode(backend)
         t1, t6, chosen = call_decisions(backend, compliance, args.sessions)
-        choices[name] = chosen + context_decisions(backend, compliance)
+        decided[name] = chosen + context_decisions(backend, compliance)
         rows.append(
             {
                 "backend": name,
@@ -165,9 +191,12 @@ def main() -> None:
         )
         print(rows[-1], flush=True)
     for row in rows:
-        mine = choices[row["backend"]]
+        mine = decided[row["backend"]]
         for ref in ("transformers fp32", "transformers bf16"):
-            same = sum(a[1] == b[1] for a, b in zip(choices[ref], mine, strict=True))
+            if ref not in decided:
+                row[f"same_decision_as_{ref.split()[1]}"] = "-"
+                continue
+            same = sum(a[1] == b[1] for a, b in zip(decided[ref], mine, strict=True))
             row[f"same_decision_as_{ref.split()[1]}"] = f"{same}/{len(mine)}"
         row["accepted"] = f"{sum(c[1] is not None for c in mine)}/{len(mine)}"
     print(
@@ -182,8 +211,11 @@ def main() -> None:
             f"{r['same_decision_as_fp32']} | {r['same_decision_as_bf16']} | {r['accepted']} |"
         )
     if args.json:
-        args.json.with_suffix(".decisions.json").write_text(json.dumps(choices, indent=2))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+        args.json.with_suffix(".decisions.json").write_text(json.dumps(decided, indent=2))
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

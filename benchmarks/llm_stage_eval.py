@@ -42,7 +42,10 @@ from engine.tuning.evaluate import (  # noqa: E402
     held_out_contexts,
     setting_name,
     summarise,
+    threshold_sweep,
 )
+
+SWEEP = (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -147,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(args, flow, contexts, outcomes, load_before)
         backend.close()
     print(table(summarise(outcomes)))
+    for model in dict.fromkeys(o.model for o in outcomes):
+        free = [o for o in outcomes if o.model == model and o.decoding == "free" and not o.sampled]
+        if free:
+            print(f"{model} free greedy at one threshold for every stage: right act, wrong act")
+            for threshold, right, wrong in threshold_sweep(free, SWEEP):
+                print(f"  {threshold:.2f}  {right:6.1%}  {wrong:6.1%}")
     print(f"wall {time.perf_counter() - started:.0f} s, load average {os.getloadavg()[0]:.1f}")
     return 0
 
@@ -171,6 +180,8 @@ def write_json(args, flow, contexts, outcomes, load_before) -> None:
             "outcomes": [
                 {
                     "setting": setting_name(o.decoding, o.sampled, o.model),
+                    "score": o.score,
+                    "nearest_act": o.nearest_act,
                     "stage": o.context.stage,
                     "intent": o.context.intent,
                     "entered": o.context.entered,

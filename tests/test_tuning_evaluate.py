@@ -13,7 +13,13 @@ from engine.compliance.embedders import CharNgramEmbedder
 from engine.flow.loader import load_flow
 from engine.llm.base import BackendError, Generation
 from engine.simulation.personas import load_population
-from engine.tuning.evaluate import evaluate, held_out_contexts, right_acts, summarise
+from engine.tuning.evaluate import (
+    evaluate,
+    held_out_contexts,
+    right_acts,
+    summarise,
+    threshold_sweep,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOW = load_flow(ROOT / "flows" / "broadband_en")
@@ -114,6 +120,22 @@ def test_metrics_of_a_backend_that_always_drafts_the_price_answer(compliance, co
     assert row.n == len(objection) and row.approved == 1.0 and row.fallback == 0.0
     assert row.right == pytest.approx(sum(expected) / len(expected))
     assert row.rule_hits == 0 and row.tokens_mean == 7
+
+
+def test_threshold_sweep_counts_what_each_threshold_would_send(compliance, contexts):
+    """The price answer drafted verbatim scores ~1.0 against its script: every threshold sends
+    it, right where the customer objected to the price and wrong elsewhere; a draft with a hard-
+    rule hit is never sent, whatever the threshold."""
+    objection = [c for c in contexts if c.stage == "objection"]
+    outcomes = evaluate(FLOW, Drafts(lambda m, c: PRICE), compliance, objection)
+    assert all(o.nearest_act == "handle_price_objection" and o.score > 0.99 for o in outcomes)
+    right = sum(o.right for o in outcomes) / len(outcomes)
+    assert threshold_sweep(outcomes, [0.5, 0.95]) == [
+        (0.5, pytest.approx(right), pytest.approx(1 - right)),
+        (0.95, pytest.approx(right), pytest.approx(1 - right)),
+    ]
+    broken = evaluate(FLOW, Drafts(lambda m, c: PRICE + " 10% off!"), compliance, objection[:3])
+    assert threshold_sweep(broken, [0.0]) == [(0.0, 0.0, 0.0)]
 
 
 def test_hard_rule_hits_and_backend_errors_are_fallbacks(compliance, contexts):

@@ -79,6 +79,8 @@ class Outcome:
     latency_s: float  # generation + compliance filter
     error: str | None = None  # the backend failed (the engine would send the fallback)
     model: str = ""  # which model drafted, when several are compared ("base", "tuned")
+    score: float | None = None  # similarity to the nearest eligible script (free drafts)
+    nearest_act: str | None = None  # that script's act, approved or not (threshold sweeps)
 
     @property
     def approved(self) -> bool:
@@ -314,7 +316,28 @@ def _judge(flow, compliance, context, generation, session_key) -> Outcome:
         completion_tokens=0 if error else generation.completion_tokens,
         latency_s=filter_s,
         error=str(error) if error else None,
+        score=result.score,
+        nearest_act=flow.scripts[result.top_k[0][0]].act if result.top_k else None,
     )
+
+
+def threshold_sweep(
+    outcomes: Sequence[Outcome], thresholds: Sequence[float]
+) -> list[tuple[float, float, float]]:
+    """(threshold, right act, wrong act sent) shares of free drafts, had the stages used that
+    threshold: a draft without a hard-rule hit is sent as its nearest script when its
+    similarity reaches the threshold (the margin rule left as configured elsewhere: ignored
+    here). Recalibrating free decoding on a tuned model's own drafts is choosing a row."""
+    rows = []
+    for threshold in thresholds:
+        sent = [
+            o for o in outcomes
+            if o.rule_hits == 0 and o.score is not None and o.score >= threshold
+        ]  # fmt: skip
+        right = sum(o.nearest_act in o.context.right_acts for o in sent)
+        n = max(1, len(outcomes))
+        rows.append((threshold, right / n, (len(sent) - right) / n))
+    return rows
 
 
 @dataclass(frozen=True)

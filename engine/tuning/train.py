@@ -430,6 +430,7 @@ def tune(
         for stale in ("adapter_model.safetensors", "adapter_model.bin"):
             (out / stale).unlink(missing_ok=True)
         unwrapped.save_pretrained(out, state_dict=state, safe_serialization=True)
+        _machine_independent(out)
         (out / GGUF_ADAPTER).unlink(missing_ok=True)
         if gguf_base is not None:
             write_gguf_lora(out, gguf_base)
@@ -469,6 +470,20 @@ def tune(
         shutil.rmtree(checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()
     return result
+
+
+def _machine_independent(out: Path) -> None:
+    """Keep the local path of the base model out of the hashed adapter files, so the same
+    training on another machine gives the same adapter hash: PEFT's model card (an empty
+    template; the manifest is the card) goes, and adapter_config.json names the base model by
+    its folder's name (the manifest identifies it by sha256)."""
+    (out / "README.md").unlink(missing_ok=True)
+    config_file = out / "adapter_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if base:
+        config["base_model_name_or_path"] = Path(base).name
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
 
 
 def _adapted_layers(model, top: int | None) -> list[int] | None:
