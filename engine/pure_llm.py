@@ -12,7 +12,7 @@ with an ``ends`` effect ends it, and the customer accepting at the closing quest
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from engine.compliance import ComplianceFilter, ComplianceResult
@@ -56,11 +56,11 @@ def pure_reply(
     policy = flow.pure_llm
     assert policy is not None
     messages = build_playbook_messages(flow, history, slots, text, earlier)
+    allowed = tuple(ruler.available(progress, policy.candidates))  # what the call may hear now
     extra = {}
     if policy.decoding == "constrained" and backend.can_constrain:
         # As in the hybrid LLM stages: the draft is one of the scripts the call may hear now.
-        allowed = replace(policy, candidates=tuple(ruler.available(progress, policy.candidates)))
-        choices = compliance.candidate_texts(allowed, slots)
+        choices = compliance.candidate_texts(replace(policy, candidates=allowed), slots)
         extra = {"choices": choices} if choices else {}
     before = clock()
     try:
@@ -72,7 +72,7 @@ def pure_reply(
         return None, compliance.fallback(STAGE_KEY, policy, session_id, slots), str(exc), ()
     latencies["generate_ms"] = (clock() - before) * 1000
     before = clock()
-    match, nearest = match_library(compliance, ruler, progress, generation.text, policy, slots)
+    match, nearest = match_library(compliance, generation.text, policy, slots, allowed)
     result = compliance.decide(match, STAGE_KEY, policy, session_id, slots)
     latencies["compliance_ms"] = (clock() - before) * 1000
     return generation.text, result, None, ruler.attempted(progress, nearest)
@@ -80,17 +80,15 @@ def pure_reply(
 
 def match_library(
     compliance: ComplianceFilter,
-    ruler: Ruler,
-    progress: Progress,
     raw: str,
     policy: CompliancePolicy,
     slots: Mapping[str, str],
+    allowed: Sequence[str],
 ) -> tuple[Match, str | None]:
-    """The draft's match among the scripts the call may hear now, and its nearest script over
-    the whole library (preconditions ignored) when that one passes the threshold: one embedding.
-    """
-    allowed = set(ruler.available(progress, policy.candidates))
-    match = compliance.match(raw, policy, slots, allowed=allowed)
+    """The draft's match among ``allowed`` (the scripts the call may hear now), and its nearest
+    script over the whole library (preconditions ignored) when that one passes the threshold:
+    one embedding."""
+    match = compliance.match(raw, policy, slots, allowed=set(allowed))
     best = match.nearest
     aimed = best is not None and best[1] >= policy.threshold and not match.rule_hits
     return match, best[0] if aimed else None
