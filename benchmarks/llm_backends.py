@@ -13,6 +13,10 @@ of the backends can be compared on identical prompts.
 ``--adapter``: a `salesbot tune` adapter, served by every backend (merged by transformers, the
 GGUF LoRA in llama.cpp). ``--decoding constrained``: every decision chooses among the stage's
 candidate scripts (the engine's strict-mode decoding; it stops once the prefix names one).
+``--gap S``: seconds between a decision and the customer's next line, as in a call, where the
+reply is spoken (a 15-word line takes ~4 s) and the customer answers; the benchmark tells the
+backend which reply was sent (``prefill``, as the engine does) and waits. ``--gap 0``: turns
+back to back, so a backend that encodes the reply ahead gains nothing.
 """
 
 from __future__ import annotations
@@ -111,7 +115,9 @@ def backend_tokens(backend, text: str) -> int:
     return len(backend._tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def call_decisions(backend, compliance, sessions: int) -> tuple[list[float], list[float], list]:
+def call_decisions(
+    backend, compliance, sessions: int, gap: float = 0.0
+) -> tuple[list[float], list[float], list]:
     """Decision latency at turn 1 and turn 6 of ``sessions`` calls, and the chosen scripts.
 
     The bot's side of the history is a fixed approved line per turn (not what this backend's
@@ -122,8 +128,9 @@ def call_decisions(backend, compliance, sessions: int) -> tuple[list[float], lis
     for s in range(sessions):
         history = list(OPENING)
         key = f"bench-{s}"
-        for t, said in enumerate(CALLER, start=1):
-            messages = build_messages(FLOW_OBJ, stage, history, SLOTS, f"{said} ({s})")
+        for t, line in enumerate(CALLER, start=1):
+            said = f"{line} ({s})"  # each call's lines differ, so no call reuses another's
+            messages = build_messages(FLOW_OBJ, stage, history, SLOTS, said)
             started = time.perf_counter()
             draft = backend.generate(
                 messages, PARAMS, seed=0, session_key=key, choices=choices(stage)
@@ -132,7 +139,10 @@ def call_decisions(backend, compliance, sessions: int) -> tuple[list[float], lis
             elapsed = time.perf_counter() - started
             (turn1 if t == 1 else turn6 if t == 6 else []).append(elapsed)
             chosen.append((f"call {s} turn {t}", accepted_script(result)))
-            history.append((said, BOT_LINES[t - 1]))
+            reply = BOT_LINES[t - 1]  # what this call goes on with (see above)
+            backend.prefill([*messages, {"role": "assistant", "content": reply}], key)
+            time.sleep(gap)
+            history.append((said, reply))
         backend.release(key)
     return turn1, turn6, chosen
 
@@ -163,6 +173,7 @@ def main() -> None:
     parser.add_argument("--adapter", type=Path, help="a `salesbot tune` adapter folder")
     parser.add_argument("--decoding", default="free", choices=["free", "constrained"])
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--gap", type=float, default=0.0, help="seconds between turns")
     args = parser.parse_args()
     global FLOW_OBJ, COMPLIANCE, DECODING
     FLOW_OBJ = load_flow(FLOW)
@@ -171,17 +182,21 @@ def main() -> None:
     compliance.embedder.embed_batch(["warm up"])
     TransformersBackend().load()  # make sure the GGUF conversion cache exists: warm starts only
     rows, decided = [], {}
-    print(f"adapter {args.adapter or 'none'}, decoding {DECODING}, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"adapter {args.adapter or 'none'}, decoding {DECODING}, gap {args.gap} s, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     for name, backend in backends(args.backends, args.adapter).items():
         started = time.perf_counter()
         backend.load()
         load_s = time.perf_counter() - started
         first_token, decode = first_token_and_decode(backend)
-        t1, t6, chosen = call_decisions(backend, compliance, args.sessions)
+        t1, t6, chosen = call_decisions(backend, compliance, args.sessions, args.gap)
         decided[name] = chosen + context_decisions(backend, compliance)
         rows.append(
             {
                 "backend": name,
+                "gap_s": args.gap,
                 "load_s": round(load_s, 3),
                 "first_token_s": round(first_token, 3),
                 "decode_tok_s": round(decode, 1),

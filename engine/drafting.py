@@ -74,7 +74,9 @@ def draft_reply(
             latencies["generate_ms"] = (clock() - before) * 1000
     except BackendError as exc:
         latencies["generate_ms"] = (clock() - before) * 1000
-        return None, compliance.fallback(stage.name, policy, session_key, slots), str(exc)
+        result = compliance.fallback(stage.name, policy, session_key, slots)
+        sent(backend, messages, result.text, session_key)
+        return None, result, str(exc)
     before = clock()
     if streams:
         raw = drafted.text
@@ -85,4 +87,12 @@ def draft_reply(
         result = compliance.check(raw, stage.name, policy, session_key, slots)
         matched_ms = 0.0
     latencies["compliance_ms"] = (clock() - before) * 1000 + matched_ms
+    sent(backend, messages, result.text, session_key)
     return raw, result, None
+
+
+def sent(backend: LLMBackend, messages: list[ChatMessage], reply: str | None, key: str) -> None:
+    """Tell the backend what the customer now hears after ``messages`` (a fallback too): the
+    next turn's prompt continues with it, so a backend may encode it ahead (``prefill``)."""
+    if reply:
+        backend.prefill([*messages, {"role": "assistant", "content": reply}], key)

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from engine.compliance import ComplianceFilter, ComplianceResult
 from engine.compliance.filter import Match
+from engine.drafting import sent
 from engine.flow.model import CompliancePolicy, Flow
 from engine.llm import BackendError, LLMBackend
 from engine.llm.prompt import build_playbook_messages
@@ -69,12 +70,15 @@ def pure_reply(
         )
     except BackendError as exc:
         latencies["generate_ms"] = (clock() - before) * 1000
-        return None, compliance.fallback(STAGE_KEY, policy, session_id, slots), str(exc), ()
+        result = compliance.fallback(STAGE_KEY, policy, session_id, slots)
+        sent(backend, messages, result.text, session_id)
+        return None, result, str(exc), ()
     latencies["generate_ms"] = (clock() - before) * 1000
     before = clock()
     match, nearest = match_library(compliance, generation.text, policy, slots, allowed)
     result = compliance.decide(match, STAGE_KEY, policy, session_id, slots)
     latencies["compliance_ms"] = (clock() - before) * 1000
+    sent(backend, messages, result.text, session_id)
     return generation.text, result, None, ruler.attempted(progress, nearest)
 
 

@@ -21,6 +21,10 @@ class FakeBackend(LLMBackend):
         self.queue: deque[str | Exception] = deque()
         self.history: list[tuple[list[ChatMessage], GenerationParams]] = []
         self.seeds: list[int | None] = []
+        self.prefilled: list[tuple[list[ChatMessage], str | None]] = []  # replies sent
+
+    def prefill(self, messages: list[ChatMessage], session_key: str | None) -> None:
+        self.prefilled.append((list(messages), session_key))
 
     def enqueue(self, *items: str | Exception) -> FakeBackend:
         self.queue.extend(items)

@@ -163,3 +163,23 @@ def test_no_eligible_candidate_falls_back_with_reason_empty():
     policy = replace(FLOW.stages["pitch"].compliance, candidates=("faq.robot",))
     result = make_filter().check("anything at all", "pitch", policy, "s11", {"agent_name": None})
     assert (result.decision, result.reason, result.top_k) == ("fallback", "empty", ())
+
+
+
+def test_a_draft_that_is_an_eligible_script_word_for_word_is_matched_without_embedding():
+    flt = make_filter()
+    embedded = []
+    embed = flt.embed
+    flt.embed = lambda text: embedded.append(text) or embed(text)
+    policy = FLOW.stages["pitch"].compliance
+    text = FLOW.render("faq.robot", dict(SLOTS))  # a script with a slot, filled as it is sent
+    result = flt.check(text, "pitch", policy, "s9", SLOTS)
+    assert (result.decision, result.script_id, result.score) == ("approved", "faq.robot", 1.0)
+    assert embedded == []
+    # the same words when that script may not be said now: embedded, and never that script
+    match = flt.match(text, policy, SLOTS, allowed={"pitch.speed", "pitch.ask"})
+    assert embedded == [text] and match.top_k[0][0] != "faq.robot"
+    assert match.nearest[0] == "faq.robot"  # still reported as what the draft aimed at
+    # one character off is a draft like any other
+    flt.check(text + "!", "pitch", policy, "s9", SLOTS)
+    assert len(embedded) == 2

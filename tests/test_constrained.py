@@ -206,6 +206,27 @@ def test_llamacpp_stream_with_choices_is_one_chunk(llama):
     assert llama.generate(MESSAGES, GREEDY.model_copy(update={"max_new_tokens": 8})).text
 
 
+def test_llamacpp_runs_the_model_only_where_the_choices_branch(llama, monkeypatch):
+    shared = "Fibre 500 gives you 500 Mbps for"
+    choices = (f"{shared} £38 a month.", f"{shared} £8 more than now.")
+    passes = []
+    generate = llama._llm.generate
+    monkeypatch.setattr(
+        llama._llm,
+        "generate",
+        lambda tokens, **kw: passes.append(len(tokens)) or generate(tokens, **kw),
+    )
+    prompt, _ = llama._prompt_tokens(MESSAGES)
+    forced = len(llama._llm.tokenize(shared.encode(), add_bos=False)) - 1  # " £" may merge
+    for params in (GREEDY, SAMPLED):
+        passes.clear()
+        generation = llama.generate(MESSAGES, params, seed=1, choices=choices)
+        assert generation.text in choices
+        # the shared words are taken without the model; it runs once, where the texts part
+        assert len(passes) == 1 and passes[0] >= len(prompt) + forced
+        assert generation.completion_tokens > forced
+
+
 # -- the engine: compliance.decoding: constrained --------------------------------------------------
 
 

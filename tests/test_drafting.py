@@ -40,6 +40,9 @@ def test_a_whole_draft_is_generated_and_judged(compliance):
     assert result.source == "llm" and result.script_id == "pitch.speed"
     assert set(latencies) == {"generate_ms", "compliance_ms"}
     assert backend.seeds == [7]
+    # the backend hears what was sent (the approved script, not the draft), to encode it ahead
+    sent = [*MESSAGES, {"role": "assistant", "content": result.text}]
+    assert result.text != raw and backend.prefilled == [(sent, "s-1")]
 
 
 def test_a_streaming_backend_is_streamed_and_cut_once_the_script_is_settled(compliance):
@@ -70,3 +73,7 @@ def test_a_backend_error_sends_the_stages_fallback_and_is_recorded(compliance, b
     assert result.source == "fallback"
     assert result.script_id in {script for script, _ in PITCH.compliance.fallback}
     assert "generate_ms" in latencies and "compliance_ms" not in latencies
+    if isinstance(backend, FakeBackend):  # the fallback is what the call goes on with
+        assert backend.prefilled == [
+            ([*MESSAGES, {"role": "assistant", "content": result.text}], "s-1")
+        ]

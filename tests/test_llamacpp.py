@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +78,34 @@ def test_greedy_reply_is_identical_with_and_without_prefix_reuse(backend):
     backend.release("s1")
     backend.release("s2")
     assert backend.cache_bytes == 0
+
+
+@pytest.mark.integration
+def test_a_sent_reply_is_encoded_ahead_and_changes_no_reply(backend):
+    first = backend.generate(MESSAGES, GREEDY, seed=1, session_key="p1")
+    sent = [*MESSAGES, {"role": "assistant", "content": first.text}]
+    follow_up = [*sent, {"role": "user", "content": "How much does it cost?"}]
+    backend.prefill(sent, "p1")  # in the background
+    waited = time.monotonic()
+    while "p1" in backend._pending and time.monotonic() - waited < 60:
+        time.sleep(0.01)
+    with backend._lock:  # the background pass is over once the lock is free
+        held = list(backend._llm.input_ids[: backend._llm.n_tokens])
+    prompt, _ = backend._prompt_tokens(follow_up)
+    ahead = backend._next_turn_prefix(sent)
+    # the context holds the whole next prompt but the customer's new line
+    assert held == ahead == prompt[: len(ahead)]
+    line = len(backend._llm.tokenize(follow_up[-1]["content"].encode(), add_bos=False))
+    assert len(prompt) - len(ahead) <= line + 8  # the line, the template around it, one spare
+    prefilled = backend.generate(follow_up, GREEDY, seed=1, session_key="p1")
+    # the next call itself encodes a prefill the background had no time for, in the same batch
+    backend.generate(MESSAGES, GREEDY, seed=1, session_key="p2")
+    backend._pending["p2"] = backend._next_turn_prefix(sent)
+    settled_inline = backend.generate(follow_up, GREEDY, seed=1, session_key="p2")
+    fresh = LlamaCppBackend(threads=2, prefix_reuse=False).generate(follow_up, GREEDY, seed=1)
+    assert prefilled.text == settled_inline.text == fresh.text
+    backend.release("p1")
+    backend.release("p2")
 
 
 @pytest.mark.integration

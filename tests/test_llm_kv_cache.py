@@ -8,7 +8,8 @@ from engine.compliance import ComplianceFilter
 from engine.compliance.embedders import CharNgramEmbedder
 from engine.engine import Engine
 from engine.flow.loader import load_flow
-from engine.llm.hf.kv_cache import SessionKVCache, common_prefix, layers_nbytes
+from engine.llm.hf.kv_cache import SessionKVCache, layers_nbytes
+from engine.llm.tokens import common_prefix
 from intents import load_or_train
 from storage import Store
 from tests.conftest import ROOT

@@ -265,6 +265,18 @@ class ComplianceFilter:
         if not raw_text.strip() or not mask.any():
             return Match(raw_text, (), None, (), 0.0, (time.perf_counter() - started) * 1000)
         hits = tuple(self.rule_hits(raw_text, policy, slots))
+        verbatim = None if hits else self._verbatim(raw_text, policy, slots, mask)
+        if verbatim is not None:  # word for word an eligible script: its own nearest, at 1.0
+            exact = ((verbatim, 1.0),)
+            return Match(
+                raw_text,
+                exact,
+                None,  # no rival: the draft is this script, not something near it
+                hits,
+                embed_ms=0.0,
+                match_ms=(time.perf_counter() - started) * 1000,
+                nearest=exact[0] if allowed is not None else None,
+            )
         vector = self.embed(raw_text)
         embedded = time.perf_counter()
         view = self.index.view(policy.candidates)
@@ -280,6 +292,19 @@ class ComplianceFilter:
             match_ms=(done - embedded) * 1000,
             nearest=nearest[0] if nearest else None,
         )
+
+    def _verbatim(
+        self, raw_text: str, policy: CompliancePolicy, slots: Mapping[str, str], mask: np.ndarray
+    ) -> str | None:
+        """The candidate allowed by ``mask`` whose text, filled with ``slots``, is exactly the
+        draft (as constrained decoding drafts), else None. Embedding such a draft would only
+        find the same script at similarity ~1.0, at ~35 ms a draft on two cores."""
+        text = raw_text.strip()
+        filled = {k: v for k, v in slots.items() if v is not None}
+        for candidate, ok in zip(policy.candidates, mask, strict=True):
+            if ok and self.flow.render(candidate, filled) == text:
+                return candidate
+        return None
 
     def decide(
         self,

@@ -14,6 +14,9 @@ so callers read a flag instead of probing for methods:
 - ``can_mix_params``: one batch may mix generation parameters (else callers group by them).
 - ``load()``, ``release(session_key)``, ``close()``: no-ops unless a backend has something to
   load, per-session state to forget, or threads and connections to free.
+- ``prefill(messages, session_key)``: told the reply that was sent (the last message), a
+  backend with a per-session prefix cache may encode it before the customer's next words
+  arrive (llama.cpp does, in the background); a no-op elsewhere.
 - ``can_constrain = True`` with a ``choices`` keyword on ``generate`` / ``stream`` (and
   ``BatchItem.choices``): the draft is restricted to exactly one of the given texts (the
   stage's rendered candidate scripts), and generation stops as soon as the prefix names a single
@@ -135,6 +138,10 @@ class LLMBackend:
     def close(self) -> None:
         """Free threads and connections (default: none are held)."""
 
+    def prefill(self, messages: list[ChatMessage], session_key: str | None) -> None:
+        """The reply that ends ``messages`` was sent: a backend with a per-session prefix cache
+        may encode it now, off the next decision's path (default: nothing to do)."""
+
     def generate(
         self,
         messages: list[ChatMessage],
@@ -190,3 +197,6 @@ class BackendWrapper(LLMBackend):
 
     def close(self) -> None:
         self.inner.close()
+
+    def prefill(self, messages: list[ChatMessage], session_key: str | None) -> None:
+        self.inner.prefill(messages, session_key)

@@ -19,11 +19,13 @@ Parameter mapping to llama.cpp's sampler:
   continue some choice, walking a token trie over the choices' own llama.cpp token ids (the
   :class:`~engine.llm.hf.constrained.TokenTrie` the transformers backend uses), so every token
   keeps the draft inside one of them; generation stops as soon as the tokens so far belong to a
-  single choice, whose whole text is then the reply. A GBNF grammar of the texts was the first
-  form; llama-cpp-python's grammar sampler checks every vocabulary token against every live
-  alternative, seconds per token with 30 long literals on two cores (docs/benchmarks.md), where
-  the trie costs one numpy mask. The no-repeat n-gram processor is left out there: the texts
-  are fixed, and banning a token inside one would only strand the trie.
+  single choice, whose whole text is then the reply. Where all open choices go on with the same
+  token, it is taken without running the model (jump-forward; see ``_constrained_tokens``).
+  A GBNF grammar of the texts was the first form; llama-cpp-python's grammar sampler checks
+  every vocabulary token against every live alternative, seconds per token with 30 long
+  literals on two cores (docs/benchmarks.md), where the trie costs one numpy mask. The no-repeat
+  n-gram processor is left out there: the texts are fixed, and banning a token inside one
+  would only strand the trie.
 
 Prefix reuse: the context keeps the live session's tokens; when another session needs the
 context, the live one's state (its KV cache) is saved first ("parked"), under a memory budget
@@ -33,6 +35,15 @@ switch keeps the ~50 ms copy off the path of a session that speaks twice in a ro
 tokens are kept reusable, not the generated ones: generated tokens were evaluated one at a
 time, and reusing their KV entries (computed with a different kernel than a batched prompt pass)
 changes greedy output in the last bits; prompt-only reuse gives the same reply as no reuse.
+
+Prefill (:meth:`LlamaCppBackend.prefill`): once the engine has decided a reply, the next turn's
+prompt is known up to the customer's next words: this prompt, the reply and the chat template's
+start of the next user message. Those ~50 tokens are encoded in a background thread while the
+reply is spoken, so the next decision encodes only the customer's line. On two slow cores that
+is most of a constrained decision (prompt tokens at ~160/s: 0.25 s of a ~0.4 s turn). The
+tokens are pending until encoded, by the background thread or by the session's next call,
+whichever takes the context first, and always as one batch: the KV cache, and so the reply, is
+the same whether or not the thread was in time.
 """
 
 from __future__ import annotations
@@ -52,12 +63,14 @@ from engine.flow.generation import GenerationParams
 from engine.llm.base import (
     BackendError,
     BatchItem,
+    ChatMessage,
     Deadline,
     Generation,
     LLMBackend,
 )
 from engine.llm.hf.constrained import TokenTrie
 from engine.llm.hf.models import default_model_path
+from engine.llm.tokens import common_prefix
 
 INSTALL_HINT = (
     'the llamacpp backend needs llama-cpp-python: pip install "salesbot[llamacpp]" '
@@ -207,6 +220,8 @@ class LlamaCppBackend(LLMBackend):
         self._live_key: str | None = None  # the session whose tokens the context holds now
         self._lock = threading.Lock()
         self._tries: OrderedDict[tuple[str, ...], TokenTrie] = OrderedDict()
+        self._pending: dict[str, list[int]] = {}  # session -> tokens to prefill (see prefill)
+        self._pending_lock = threading.Lock()  # never held while llama.cpp runs
         _import_llama()  # fail at construction, with the install hint, not mid-call
 
     def load(self) -> None:
@@ -238,10 +253,67 @@ class LlamaCppBackend(LLMBackend):
         return self.states.bytes
 
     def release(self, session_key: str) -> None:
+        with self._pending_lock:
+            self._pending.pop(session_key, None)
         with self._lock:
             self.states.release(session_key)
             if self._live_key == session_key:
                 self._live_key = None
+
+    def prefill(self, messages: list[ChatMessage], session_key: str | None) -> None:
+        """Encode ``messages`` (a turn's prompt and the reply sent, ending with the assistant's
+        message) into the session's context in the background (see the module doc)."""
+        if not self.prefix_reuse or session_key is None or self._llm is None:
+            return
+        tokens = self._next_turn_prefix(messages)
+        if not tokens:
+            return
+        with self._pending_lock:
+            self._pending[session_key] = tokens
+        threading.Thread(target=self._prefill_now, args=(session_key,), daemon=True).start()
+
+    def _prefill_now(self, session_key: str) -> None:
+        with self._lock:
+            try:
+                self._settle(session_key)
+            except Exception:  # a failed prefill costs the next turn time, never a reply
+                self._llm.reset()
+
+    def _next_turn_prefix(self, messages: list[ChatMessage]) -> list[int]:
+        """The tokens every next-turn prompt after ``messages`` starts with: the prompt of
+        ``messages`` plus two different user lines, up to where they differ, less one token
+        (a customer line's first characters could merge with the token before them)."""
+        a, _ = self._prompt_tokens([*messages, {"role": "user", "content": "A"}])
+        b, _ = self._prompt_tokens([*messages, {"role": "user", "content": "B"}])
+        return a[: max(0, common_prefix(a, b) - 1)]
+
+    def _settle(self, session_key: str | None) -> None:
+        """Encode the session's pending prefill tokens, if any, in one batch (lock held)."""
+        if session_key is None:
+            return
+        with self._pending_lock:
+            tokens = self._pending.pop(session_key, None)
+        if tokens is None:
+            return
+        self._activate(session_key)
+        llm = self._llm
+        held = common_prefix(list(llm.input_ids[: llm.n_tokens]), tokens)
+        if held < len(tokens):
+            llm.n_tokens = held
+            llm.eval(tokens[held:])
+        llm._requires_eval = True  # the next call samples from its own prompt's logits
+
+    def _activate(self, session_key: str | None) -> None:
+        """Make the context hold ``session_key``'s tokens (lock held): park the live session's
+        state and load this one's, unless it is live already."""
+        llm = self._llm
+        if session_key != self._live_key:  # else the live context is already this one's
+            if self._live_key is not None:  # park the live session's state, then switch
+                self.states.put(self._live_key, llm.save_state())
+            state = self.states.get(session_key) if session_key is not None else None
+            if state is not None:
+                llm.load_state(state)
+        self._live_key = session_key if self.prefix_reuse else None
 
     def _prompt_tokens(self, messages) -> tuple[list[int], list[str]]:
         """The chat prompt as tokens, with the GGUF's own chat template, and its stop strings."""
@@ -300,8 +372,9 @@ class LlamaCppBackend(LLMBackend):
         if seed is not None:
             request["seed"] = seed
         if choices is not None:
+            request["trie"] = self._trie(choices)
             request["logits_processor"] = llama_cpp.LogitsProcessorList(
-                [trie_processor(self._trie(choices), len(tokens), self._llm.token_eos())]
+                [trie_processor(request["trie"], len(tokens), self._llm.token_eos())]
             )
         elif params.no_repeat_ngram_size > 0:
             request["logits_processor"] = llama_cpp.LogitsProcessorList(
@@ -356,15 +429,10 @@ class LlamaCppBackend(LLMBackend):
             self.load()
             llm = self._llm
             deadline = Deadline.start(params)
-            if session_key != self._live_key:  # else the live context is already this one's
-                if self._live_key is not None:  # park the live session's state, then switch
-                    self.states.put(self._live_key, llm.save_state())
-                state = self.states.get(session_key) if session_key is not None else None
-                if state is not None:
-                    llm.load_state(state)
-            self._live_key = session_key if self.prefix_reuse else None
             prompt: list[int] = []
             try:
+                self._activate(session_key)
+                self._settle(session_key)  # the last reply, if the background had no time
                 request = self._request(messages, params, seed, choices)
                 prompt = request["prompt"]
                 if generated is not None:  # constrained: token ids, through llama.cpp's own loop
@@ -397,27 +465,46 @@ class LlamaCppBackend(LLMBackend):
                     llm._requires_eval = True
 
     def _constrained_tokens(self, request: dict[str, Any], seed: int | None) -> Iterator[int]:
-        """The completion's token ids up to (not including) end of sequence, sampled as
-        ``create_completion`` would sample them (the same sampler chain and seed)."""
-        llm = self._llm
-        if seed is not None:
-            llm.set_seed(seed)
-        eos = llm.token_eos()
-        tokens = llm.generate(
-            request["prompt"],
-            top_k=request["top_k"],
-            top_p=request["top_p"],
-            temp=request["temperature"],
-            repeat_penalty=request["repeat_penalty"],
-            logits_processor=request["logits_processor"],
-        )
-        try:
-            for count, token in enumerate(tokens):
-                if token == eos or count >= request["max_tokens"]:
-                    return
-                yield token
-        finally:
-            tokens.close()
+        """The completion's token ids up to (not including) end of sequence, within the trie.
+
+        Jump-forward: where every choice still open continues with the same token, that token
+        is forced and taken without running the model; it is encoded together with the next
+        branch's pass, in one batch. The model runs only at branches ("Fibre 500 gives you 500
+        Mbps for ..." is named after 10 tokens, 3 of them branches), each sampled by llama.cpp's
+        own sampler chain with seed ``seed + branch``. The repeat penalty is off here: the
+        words a text repeats are the script's, not the model's (as for no-repeat n-grams).
+        """
+        llm, trie = self._llm, request["trie"]
+        prompt, eos = request["prompt"], llm.token_eos()
+        generated: list[int] = []
+        branches = 0
+        while len(generated) < request["max_tokens"]:
+            node = trie.node(generated)
+            if node is None:
+                return
+            if len(node.children) == 1 and node.ends is None:  # forced: no choice to make
+                generated.append(next(iter(node.children)))
+                yield generated[-1]
+                continue
+            if seed is not None:
+                llm.set_seed(seed + branches)
+            branches += 1
+            sampled = llm.generate(
+                prompt + generated,  # the cached prefix is reused; the rest is one batch
+                top_k=request["top_k"],
+                top_p=request["top_p"],
+                temp=request["temperature"],
+                repeat_penalty=1.0,
+                logits_processor=request["logits_processor"],
+            )
+            try:
+                token = next(sampled)
+            finally:
+                sampled.close()
+            if token == eos:
+                return
+            generated.append(token)
+            yield token
 
     def _generate(self, request: BatchItem) -> Generation:
         started = time.perf_counter()

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.llm.tokens import common_prefix
+
 MB = 1 << 20
 
 KVLayers = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer (keys, values), [1,H,T,D]
@@ -43,15 +45,6 @@ class CacheStats:
     reused_tokens: int = 0
     evictions: int = 0
     released: int = 0
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token id sequences."""
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def layers_nbytes(layers: KVLayers) -> int:
