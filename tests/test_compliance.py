@@ -165,7 +165,6 @@ def test_no_eligible_candidate_falls_back_with_reason_empty():
     assert (result.decision, result.reason, result.top_k) == ("fallback", "empty", ())
 
 
-
 def test_a_draft_that_is_an_eligible_script_word_for_word_is_matched_without_embedding():
     flt = make_filter()
     embedded = []
