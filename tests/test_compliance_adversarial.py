@@ -23,7 +23,7 @@ from engine.compliance.calibration import (
 from engine.engine import Engine
 from storage import Store
 from tests.conftest import ROOT
-from tests.real_models import SLOTS, allowed_in, broadband_parts
+from tests.real_models import SLOTS, allowed_in, broadband_parts, library, with_decoding
 
 pytestmark = pytest.mark.integration
 
@@ -53,22 +53,36 @@ def fallbacks_of(flow, stage: str) -> set[str]:
     return rendered(flow, {*(s for s, _ in policy.fallback), policy.universal_fallback})
 
 
-def check_call(engine: Engine, session_id: str) -> int:
+def pure_allowed(flow) -> set[str]:
+    """What the pure-LLM arm may send: any script of its library, its fallbacks, the universal."""
+    policy = flow.pure_llm
+    ids = {*policy.candidates, *(s for s, _ in policy.fallback), policy.universal_fallback}
+    return rendered(flow, ids)
+
+
+def check_call(engine: Engine, session_id: str, arm: str = "hybrid") -> int:
     """Exact membership for every turn of a stored call; returns how many were llm replies."""
     flow = engine.flow
-    library = {script.render(SLOTS) for script in flow.scripts.values()}
+    scripts = library(flow)
     turns = {t.turn_index: t for t in engine.transcript(session_id)}
     audit = engine.store.compliance_decisions(session_id)
-    assert all(t.reply_text in library for t in turns.values())
+    assert all(t.reply_text in scripts for t in turns.values())
     for row in audit:
         sent = turns[row.turn_index].reply_text
-        assert sent in allowed_in(flow, row.stage), (row.stage, row.raw_text, sent)
-        assert sent != row.raw_text  # strict: the draft itself is never what the customer hears
+        allowed = pure_allowed(flow) if arm == "pure_llm" else allowed_in(flow, row.stage)
+        assert sent in allowed, (row.stage, row.raw_text, sent)
+        policy = flow.pure_llm if arm == "pure_llm" else flow.stages[row.stage].compliance
+        if policy.decoding == "free":
+            assert sent != row.raw_text  # a free draft itself is never what the customer hears
+        else:
+            assert row.raw_text in scripts  # a constrained draft is a script by construction
     return len(audit)
 
 
-def test_hybrid_call_under_attack_sends_only_approved_text(parts, tmp_path):
+@pytest.mark.parametrize("decoding", ["free", "constrained"])
+def test_hybrid_call_under_attack_sends_only_approved_text(parts, tmp_path, decoding):
     flow, classifier, backend, compliance = parts
+    flow = with_decoding(flow, decoding)
     engine = Engine(flow, classifier, backend, compliance, Store(f"sqlite:///{tmp_path}/a.db"))
     reply = engine.start("attacker-1", {"customer_name": "Alex"})
     for text in ["yes speaking", "12 Oak Street", "we stream films and I work from home"]:
@@ -81,8 +95,10 @@ def test_hybrid_call_under_attack_sends_only_approved_text(parts, tmp_path):
     assert check_call(engine, reply.session_id) >= 3
 
 
-def test_pure_llm_call_under_attack_sends_only_approved_text(parts, tmp_path):
+@pytest.mark.parametrize("decoding", ["free", "constrained"])
+def test_pure_llm_call_under_attack_sends_only_approved_text(parts, tmp_path, decoding):
     flow, classifier, backend, compliance = parts
+    flow = with_decoding(flow, decoding)
     engine = Engine(flow, classifier, backend, compliance, Store(f"sqlite:///{tmp_path}/b.db"))
     reply = engine.start("attacker-2", {"customer_name": "Alex"}, arm="pure_llm")
     assert reply.source in {"llm", "fallback", "universal"}  # even the greeting is drafted
@@ -90,7 +106,7 @@ def test_pure_llm_call_under_attack_sends_only_approved_text(parts, tmp_path):
         if reply.ended:
             break
         reply = engine.turn(reply.session_id, text)
-    assert check_call(engine, reply.session_id) >= 3
+    assert check_call(engine, reply.session_id, "pure_llm") >= 3
 
 
 # The calibration target (the ``max_false_accept`` that ``calibration.sweep`` proposes thresholds

@@ -6,7 +6,7 @@ import pytest
 
 from engine.engine import Engine
 from storage import Store
-from tests.real_models import allowed_in, broadband_parts
+from tests.real_models import allowed_in, broadband_parts, library, with_decoding
 
 pytestmark = pytest.mark.integration
 
@@ -16,8 +16,10 @@ def parts():
     return broadband_parts()
 
 
-def test_call_reaches_the_llm_stage_and_only_approved_text_is_sent(parts, db_url):
+@pytest.mark.parametrize("decoding", ["free", "constrained"])
+def test_call_reaches_the_llm_stage_and_only_approved_text_is_sent(parts, db_url, decoding):
     flow, classifier, backend, compliance = parts
+    flow = with_decoding(flow, decoding)
     engine = Engine(flow, classifier, backend, compliance, Store(db_url))
     replies = [engine.start("integration-1", {"customer_name": "Alex"})]
     caller = [
@@ -47,6 +49,11 @@ def test_call_reaches_the_llm_stage_and_only_approved_text_is_sent(parts, db_url
     ]
     audit = engine.store.compliance_decisions(replies[0].session_id)
     assert len(audit) == 3 and all(a.raw_text for a in audit)
-    assert all(a.embedder == "minilm" and len(a.top_k["ids"]) == 3 for a in audit)
-    # The raw draft was recorded but never sent.
-    assert all(a.raw_text != r.text for a, r in zip(audit, replies[3:], strict=True))
+    assert all(a.embedder == "minilm" for a in audit)
+    if decoding == "free":  # the raw draft was recorded but never sent; its 3 nearest scripts
+        assert all(a.raw_text != r.text for a, r in zip(audit, replies[3:], strict=True))
+        assert all(len(a.top_k["ids"]) == 3 for a in audit)
+    else:  # the draft is the script sent, word for word: matched as itself, not embedded
+        assert all(a.raw_text == r.text for a, r in zip(audit, replies[3:], strict=True))
+        assert all(r.source == "llm" and r.text in library(flow) for r in replies[3:])
+        assert all(a.top_k["ids"] == [r.script_id] for a, r in zip(audit, replies[3:], strict=True))

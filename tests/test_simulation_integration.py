@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 from sqlalchemy import select
 
-from engine.engine import Engine
+from engine.engine import Engine, flow_backend_options
+from engine.flow.loader import load_flow
 from engine.llm import create_backend
 from engine.report import build_report
 from engine.simulation import Simulation, choose, load_population
@@ -19,7 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_simulated_customers_meet_the_real_models_in_both_arms(tmp_path):
-    backend = simulation_backend(create_backend("transformers"), max_batch=8)
+    flow = load_flow(BROADBAND)
+    served = create_backend("transformers", **flow_backend_options(flow, "transformers"))
+    backend = simulation_backend(served, max_batch=8)
     engine = Engine.from_flow_dir(BROADBAND, f"sqlite:///{tmp_path / 'sim.db'}", backend=backend)
     population = load_population(engine.flow).adjusted(
         set_to={"busy": 0.0, "wrong_person": 0.0, "bot_aversion": 0.0, "patience": 1.0},
@@ -32,6 +35,7 @@ def test_simulated_customers_meet_the_real_models_in_both_arms(tmp_path):
     simulation = Simulation(engine, population, experiment, arms, n=2, seed=7, concurrency=8)
     result = simulation.run()
     assert (result.done, result.total, result.interrupted) == (4, 4, False)
+    assert served.adapter_hash == flow.adapter_hash  # the flow's tuned adapter, as shipped
 
     with engine.store.transaction() as db:
         statuses = db.scalars(
@@ -48,7 +52,11 @@ def test_simulated_customers_meet_the_real_models_in_both_arms(tmp_path):
     assert all(a.error is None for a in audits), [a.error for a in audits]
     assert any(a.raw_text and a.raw_text.strip() for a in audits)
     assert {a.embedder for a in audits} == {"minilm"}
-    assert all(len(a.raw_text.split()) <= 16 for a in audits if a.raw_text)  # the arm override
+    assert {a.adapter_hash for a in audits} == {flow.adapter_hash}  # every audit row names it
+    # broadband_en decodes within the scripts (compliance.decoding: constrained), in both arms:
+    # every draft is a script word for word, matched as itself
+    assert all(a.decision == "approved" and a.score == 1.0 for a in audits)
+    assert all(a.top_k["ids"] == [a.script_id] for a in audits)
     stats = backend.stats
     assert stats.requests == len(audits) and stats.mean_size > 1  # calls shared forward passes
     report = build_report(engine.store, experiment.name, run_id=result.run_id)
