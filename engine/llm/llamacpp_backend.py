@@ -435,7 +435,7 @@ class LlamaCppBackend(LLMBackend):
                 self._settle(session_key)  # the last reply, if the background had no time
                 request = self._request(messages, params, seed, choices)
                 prompt = request["prompt"]
-                if generated is not None:  # constrained: token ids, through llama.cpp's own loop
+                if generated is not None:  # constrained: token ids, model passes only at branches
                     for token in self._constrained_tokens(request, seed):
                         generated.append(token)
                         yield ""
