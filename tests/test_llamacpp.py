@@ -100,7 +100,7 @@ def test_a_sent_reply_is_encoded_ahead_and_changes_no_reply(backend):
     prefilled = backend.generate(follow_up, GREEDY, seed=1, session_key="p1")
     # the next call itself encodes a prefill the background had no time for, in the same batch
     backend.generate(MESSAGES, GREEDY, seed=1, session_key="p2")
-    backend._pending["p2"] = backend._next_turn_prefix(sent)
+    backend._pending["p2"] = sent
     settled_inline = backend.generate(follow_up, GREEDY, seed=1, session_key="p2")
     fresh = LlamaCppBackend(threads=2, prefix_reuse=False).generate(follow_up, GREEDY, seed=1)
     assert prefilled.text == settled_inline.text == fresh.text

@@ -41,7 +41,7 @@ prompt is known up to the customer's next words: this prompt, the reply and the 
 start of the next user message. Those ~50 tokens are encoded in a background thread while the
 reply is spoken, so the next decision encodes only the customer's line. On two slow cores that
 is most of a constrained decision (prompt tokens at ~160/s: 0.25 s of a ~0.4 s turn). The
-tokens are pending until encoded, by the background thread or by the session's next call,
+sent reply is pending until encoded, by the background thread or by the session's next call,
 whichever takes the context first, and always as one batch: the KV cache, and so the reply, is
 the same whether or not the thread was in time.
 """
@@ -220,7 +220,7 @@ class LlamaCppBackend(LLMBackend):
         self._live_key: str | None = None  # the session whose tokens the context holds now
         self._lock = threading.Lock()
         self._tries: OrderedDict[tuple[str, ...], TokenTrie] = OrderedDict()
-        self._pending: dict[str, list[int]] = {}  # session -> tokens to prefill (see prefill)
+        self._pending: dict[str, list[ChatMessage]] = {}  # session -> sent reply (see prefill)
         self._pending_lock = threading.Lock()  # never held while llama.cpp runs
         _import_llama()  # fail at construction, with the install hint, not mid-call
 
@@ -262,14 +262,12 @@ class LlamaCppBackend(LLMBackend):
 
     def prefill(self, messages: list[ChatMessage], session_key: str | None) -> None:
         """Encode ``messages`` (a turn's prompt and the reply sent, ending with the assistant's
-        message) into the session's context in the background (see the module doc)."""
+        message) into the session's context in the background (see the module doc). Only the
+        messages are recorded here; tokenising waits for the lock, off the caller's path."""
         if not self.prefix_reuse or session_key is None or self._llm is None:
             return
-        tokens = self._next_turn_prefix(messages)
-        if not tokens:
-            return
         with self._pending_lock:
-            self._pending[session_key] = tokens
+            self._pending[session_key] = list(messages)
         threading.Thread(target=self._prefill_now, args=(session_key,), daemon=True).start()
 
     def _prefill_now(self, session_key: str) -> None:
@@ -288,13 +286,14 @@ class LlamaCppBackend(LLMBackend):
         return a[: max(0, common_prefix(a, b) - 1)]
 
     def _settle(self, session_key: str | None) -> None:
-        """Encode the session's pending prefill tokens, if any, in one batch (lock held)."""
+        """Encode the session's pending sent reply, if any, in one batch (lock held)."""
         if session_key is None:
             return
         with self._pending_lock:
-            tokens = self._pending.pop(session_key, None)
-        if tokens is None:
+            messages = self._pending.pop(session_key, None)
+        if messages is None:
             return
+        tokens = self._next_turn_prefix(messages)
         self._activate(session_key)
         llm = self._llm
         held = common_prefix(list(llm.input_ids[: llm.n_tokens]), tokens)
