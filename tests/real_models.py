@@ -34,7 +34,11 @@ def broadband_parts():
 def allowed_in(flow, stage: str) -> set[str]:
     """What strict mode may send for an llm reply in ``stage``: its approved scripts, its
     fallback wordings and the universal fallback, rendered with the call's slots."""
-    policy = flow.stages[stage].compliance
+    return allowed_by(flow, flow.stages[stage].compliance)
+
+
+def allowed_by(flow, policy) -> set[str]:
+    """What ``policy`` (a stage's, or the pure-LLM arm's over the whole library) may send."""
     ids = {*policy.candidates, *(s for s, _ in policy.fallback), policy.universal_fallback}
     return {flow.scripts[i].render(SLOTS) for i in ids}
 
