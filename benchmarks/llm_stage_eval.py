@@ -40,6 +40,7 @@ from engine.tuning.evaluate import (  # noqa: E402
     DECODINGS,
     evaluate,
     held_out_contexts,
+    read_lines,
     setting_name,
     summarise,
     threshold_sweep,
@@ -66,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sampling", nargs="+", default=["greedy", "sampled"], choices=["greedy", "sampled"]
     )
     parser.add_argument("--stages", nargs="+", help="LLM stages to evaluate (default: all)")
+    parser.add_argument(
+        "--lines", type=Path,
+        help="YAML of customer lines per intent (utterances.yaml's `intents:`) said at the LLM "
+        "turn instead of the bank's, e.g. the flow's intents.yaml (the training lines) or lines "
+        "written outside the project",
+    )  # fmt: skip
     parser.add_argument("--limit", type=int, help="at most this many contexts (an even spread)")
     parser.add_argument("--seed", type=int, default=0, help="context i is sampled with seed+i")
     parser.add_argument(
@@ -111,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         flow = load_flow(args.flow)
-        contexts = held_out_contexts(flow, stages=args.stages, limit=args.limit)
+        lines = read_lines(flow, args.lines) if args.lines else None
+        contexts = held_out_contexts(flow, stages=args.stages, limit=args.limit, lines=lines)
     except SalesbotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -171,6 +179,7 @@ def write_json(args, flow, contexts, outcomes, load_before) -> None:
             "backend": args.backend,
             "adapter": args.adapter,
             "contexts": len(contexts),
+            "lines": str(args.lines) if args.lines else "bank",
             "batch_free": args.batch,
             "deadline_s": args.deadline,
             "seed": args.seed,

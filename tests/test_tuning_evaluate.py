@@ -10,12 +10,14 @@ import pytest
 
 from engine.compliance import ComplianceFilter
 from engine.compliance.embedders import CharNgramEmbedder
+from engine.errors import FlowValidationError
 from engine.flow.loader import load_flow
 from engine.llm.base import BackendError, Generation
 from engine.simulation.personas import load_population
 from engine.tuning.evaluate import (
     evaluate,
     held_out_contexts,
+    read_lines,
     right_acts,
     summarise,
     threshold_sweep,
@@ -64,6 +66,34 @@ def test_customer_lines_come_from_the_held_out_bank_only(contexts):
     for c in contexts:
         assert c.messages[-1] == {"role": "user", "content": c.customer}
         assert c.customer in POPULATION.bank.intents[c.intent]
+
+
+def test_lines_from_a_file_replace_the_bank_at_the_llm_turn_only(tmp_path):
+    """``--lines``: what the customer says at the LLM turn comes from the file; the call before
+    it is still the bank's, so the contexts differ in that one line."""
+    (tmp_path / "lines.yaml").write_text(
+        'intents:\n  price_objection: ["that is a lot of money for me"]\n'
+    )
+    lines = read_lines(FLOW, tmp_path / "lines.yaml")
+    found = held_out_contexts(FLOW, POPULATION, lines=lines)
+    assert found and {c.customer for c in found} == {"that is a lot of money for me"}
+    assert {c.intent for c in found} == {"price_objection"}
+    bank = {line for said in POPULATION.bank.intents.values() for line in said}
+    for c in found:
+        told = [m["content"] for m in c.messages if m["role"] == "user"]
+        assert told[-1] == c.customer and all(line in bank for line in told[:-1])
+
+
+def test_a_bad_lines_file_names_its_line_and_field(tmp_path):
+    (tmp_path / "lines.yaml").write_text("intents:\n  price_objection: []\n  haggle: [less]\n")
+    with pytest.raises(FlowValidationError) as caught:
+        read_lines(FLOW, tmp_path / "lines.yaml")
+    problems = {(p.line, p.field) for p in caught.value.problems}
+    assert (2, "intents.price_objection") in problems
+    assert (3, "intents.haggle") in problems
+    assert "haggle" in str(caught.value) and "lines.yaml" in str(caught.value)
+    with pytest.raises(FlowValidationError, match="file is missing"):
+        read_lines(FLOW, tmp_path / "none.yaml")
 
 
 def test_history_is_the_scripted_happy_path(contexts):

@@ -37,10 +37,17 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from engine.compliance.filter import ComplianceFilter
+from engine.errors import FlowValidationError
 from engine.flow.generation import GenerationParams
 from engine.flow.model import Flow
+from engine.flow.problems import Problems
+from engine.flow.schema import Name, _Strict
 from engine.llm.base import BackendError, BatchItem, ChatMessage, Generation
 from engine.llm.prompt import build_messages
 from engine.policy import decide, entry
@@ -155,8 +162,13 @@ def held_out_contexts(
     *,
     stages: Sequence[str] | None = None,
     limit: int | None = None,
+    lines: Mapping[str, Sequence[str]] | None = None,
 ) -> list[EvalContext]:
     """Every LLM turn of ``flow`` x every held-out line of its intent (see the module doc).
+
+    ``lines``: intent -> the customer's line at the LLM turn, instead of the bank's (the call
+    before it is still told in bank lines): lines written outside the project, or the training
+    lines, to tell generalisation from fitting.
 
     ``limit`` keeps an even spread: every k-th context of the full list, so each stage and
     intent stays represented in proportion.
@@ -175,9 +187,10 @@ def held_out_contexts(
         if intent not in asked or (stages is not None and stage not in stages):
             continue
         acts = right_acts(flow, moves, stage, intent)
-        if not acts or not bank.get(intent):
+        said_now = bank.get(intent) if lines is None else lines.get(intent)
+        if not acts or not said_now:
             continue
-        for line in bank[intent]:
+        for line in said_now:
             slots = {k: v for k, v in flow.slot_defaults.items() if v is not None}
             if "customer_name" in flow.slot_defaults:
                 slots["customer_name"] = names[len(found) % len(names)]
@@ -194,6 +207,30 @@ def held_out_contexts(
         step = len(found) / limit
         found = [found[int(i * step)] for i in range(limit)]
     return found
+
+
+class LinesFile(_Strict):
+    """Customer lines per intent, in utterances.yaml's shape (``intents:`` only)."""
+
+    intents: dict[Name, Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]]
+
+
+def read_lines(flow: Flow, path: str | Path) -> dict[str, tuple[str, ...]]:
+    """The ``lines`` of :func:`held_out_contexts` from a YAML file; every problem (missing file,
+    bad shape, an intent the flow does not have) is raised at once with its file and line."""
+    path = Path(path)
+    problems = Problems(path.parent)
+    parsed = problems.read(path.name, LinesFile)
+    located = problems.located.get(path.name)
+    raw = located.data.get("intents") if located and isinstance(located.data, dict) else None
+    if isinstance(raw, dict):  # also when another field is bad: every problem at once
+        for intent in raw:
+            if intent not in flow.intents:
+                message = f"intent {intent!r} is not in intents.yaml"
+                problems.add(path.name, ("intents", intent), message)
+    if problems.items or parsed is None:
+        raise FlowValidationError(problems.items)
+    return {intent: tuple(lines) for intent, lines in parsed.intents.items()}
 
 
 def _history(flow, path, bank, moves, slots) -> list[tuple[str | None, str]] | None:
