@@ -27,7 +27,12 @@ from engine.flow.loader import load_flow
 from engine.flow.tuning import StaleAdapterWarning
 from engine.llm.hf.backend import TransformersBackend
 from engine.tuning.adapters import merge_adapter, weights_fingerprint
-from engine.tuning.data import build_training_set, build_tuning_set, playbook_messages
+from engine.tuning.data import (
+    OPENING_SHARE,
+    build_training_set,
+    build_tuning_set,
+    playbook_messages,
+)
 from engine.tuning.manifest import MANIFEST, AdapterError, adapter_hash, read_manifest
 from engine.tuning.pipeline import tune_flow
 from engine.tuning.train import TuneConfig
@@ -130,39 +135,30 @@ def test_training_data_is_seeded_and_hashed(trained):
     assert other.data_hash() != again.data_hash()
 
 
-def test_a_capped_set_samples_the_pure_arm_evenly_over_the_call_then_its_replies():
-    """The pure-LLM arm's turns are mostly re-prompts; the capped set spreads its share over
-    the call's steps (the opening one of them), then over each step's scripts, so the opening,
-    the pitch and the objection answers are all taught."""
+def test_a_capped_set_gives_the_opening_its_share_and_spreads_the_rest_over_the_replies():
+    """The pure-LLM arm's turns are mostly re-prompts; the capped set gives the opening (every
+    call's first turn) a fixed eighth of the pure share and spreads the rest over the scripts,
+    so the pitch and objection answers are taught too."""
     flow = load_flow(ROOT / "flows" / "broadband_en")
     capped = build_tuning_set(flow, seed=0, max_examples=300)
     assert len(capped.examples) == 300
     pure = [e for e in capped.examples if e not in _hybrid(capped.examples)]
     assert len(pure) == round(300 * 0.35)
-
-    def step(e):
-        return e.stage if e.customer else "(opening)"
-
+    openings = [e for e in pure if not e.customer]
+    assert len(openings) == len(pure) // OPENING_SHARE
+    assert {e.script_id for e in openings} == {"greeting.open"}
+    counts = Counter(e.script_id for e in pure if e.customer)
     available = Counter(
-        (step(e), e.script_id)
+        e.script_id
         for e in build_training_set(flow, arm="pure_llm", messages_fn=playbook_messages).examples
+        if e.customer
     )
-    steps = Counter(step(e) for e in pure)
-    assert set(steps) == {s for s, _ in available} and "(opening)" in steps
-    # round robin over the steps: a step got fewer than the most only when it ran out
-    top = max(steps.values())
-    step_sizes = Counter()
-    for (s, _), n in available.items():
-        step_sizes[s] += n
-    assert all(n >= top - 1 or n == step_sizes[s] for s, n in steps.items())
-    # ... and within a step over its scripts
-    scripts = Counter((step(e), e.script_id) for e in pure)
-    for s in steps:
-        mine = {key: n for key, n in scripts.items() if key[0] == s}
-        most = max(mine.values())
-        assert all(n >= most - 1 or n == available[key] for key, n in mine.items())
-    assert available.most_common(1)[0][1] > 10 * max(scripts.values())  # re-prompts did not win
-    assert steps["(opening)"] >= len(pure) // len(steps) - 1
+    top = max(counts.values())
+    # round robin: a script got fewer than the most only when it had no more examples
+    assert all(n >= top - 1 or n == available[script] for script, n in counts.items())
+    assert available.most_common(1)[0][1] > 10 * top  # the re-prompts did not take over
+    assert len(openings) > 2 * top  # the opening is not one script among fifty
+    assert {"pitch", "objection"} <= {e.stage for e in pure}
 
 
 def test_broadband_training_lines_come_from_intents_never_from_the_bank():

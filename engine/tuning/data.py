@@ -223,6 +223,9 @@ def build_training_set(
     return TrainingSet(tuple(examples), tuple(uncovered))
 
 
+OPENING_SHARE = 8  # 1 / the pure share's part given to the opening (see build_tuning_set)
+
+
 def build_tuning_set(
     flow: Flow, *, seed: int = 0, max_examples: int | None = None, pure_share: float = 0.35
 ) -> TrainingSet:
@@ -244,42 +247,37 @@ def build_tuning_set(
     if max_examples is not None and hybrid_n + pure_n > max_examples:
         pure_n = min(pure_n, round(max_examples * pure_share)) if hybrid_n else max_examples
         hybrid_n = min(hybrid_n, max_examples - pure_n)
-    examples = rng.sample(hybrid.examples, hybrid_n) + balanced_sample(pure.examples, pure_n, rng)
+    # Every pure-LLM call starts with the opening, before the customer says anything: it gets
+    # a fixed eighth of the pure share, the rest is spread evenly over the scripts (where it
+    # would be one script in fifty: the tuned arm then often opened with another script).
+    openings = [e for e in pure.examples if not e.customer]
+    others = [e for e in pure.examples if e.customer]
+    opening_n = min(len(openings), max(1, pure_n // OPENING_SHARE)) if pure_n else 0
+    examples = (
+        rng.sample(hybrid.examples, hybrid_n)
+        + rng.sample(openings, opening_n)
+        + balanced_sample(others, pure_n - opening_n, rng)
+    )
     rng.shuffle(examples)
     uncovered = tuple(dict.fromkeys(hybrid.uncovered + pure.uncovered))
     return TrainingSet(tuple(examples), uncovered)
 
 
 def balanced_sample(examples: Sequence[Example], n: int, rng: random.Random) -> list[Example]:
-    """``n`` examples spread evenly over the call's steps, then over each step's scripts (round
-    robin over the steps, each step's turn going round its scripts, each script's examples in
-    seeded order). The opening, said before the customer says anything, is a step of its own.
-
-    Why: the pure-LLM arm's turns are mostly re-prompts (every line the greeting stage does not
-    expect gets one). A plain sample would teach little else, and one even over scripts gives
-    the opening, which every call starts with, about 1 in 50: the tuned arm then often opened
-    with another script. The pitch, the objections, the close and the opening are where a call
-    is won or lost."""
-    steps: dict[str, dict[str, list[Example]]] = {}
+    """``n`` examples spread evenly over their replies' scripts (round robin over the scripts,
+    each script's examples in seeded order). The pure-LLM arm's turns are mostly re-prompts
+    (every line the greeting stage does not expect gets one); a plain sample would teach little
+    else, while the pitch, the objections and the close are where a call is won."""
+    by_script: dict[str, list[Example]] = {}
     for example in examples:
-        step = example.stage if example.customer else "(opening)"
-        steps.setdefault(step, {}).setdefault(example.script_id, []).append(example)
-    rounds = [
-        [rng.sample(group, len(group)) for _, group in sorted(scripts.items())]
-        for _, scripts in sorted(steps.items())
-    ]
-    turn = [0] * len(rounds)
+        by_script.setdefault(example.script_id, []).append(example)
+    queues = [rng.sample(group, len(group)) for _, group in sorted(by_script.items())]
     picked: list[Example] = []
-    while len(picked) < n and any(rounds):
-        for index, queues in enumerate(rounds):
-            if not queues or len(picked) >= n:
-                continue
-            queue = queues[turn[index] % len(queues)]
-            picked.append(queue.pop())
-            if not queue:
-                queues.remove(queue)
-            else:
-                turn[index] += 1
+    while len(picked) < n and queues:
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+        queues = [q for q in queues if q]
     return picked
 
 
