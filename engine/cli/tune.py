@@ -24,7 +24,7 @@ from engine.errors import SalesbotError
 @click.option("--model", default=None, help="Base model folder or .gguf [default: the flow's].")
 @click.option("--epochs", type=float, default=1.0, show_default=True)
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
-@click.option("--lr", type=float, default=2e-4, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--rank", type=int, default=16, show_default=True, help="LoRA rank r.")
 @click.option("--alpha", type=int, default=32, show_default=True, help="LoRA alpha.")
 @click.option(

@@ -59,7 +59,7 @@ class TuningConfigError(SalesbotError):
 class TuneConfig:
     epochs: float = 1.0
     max_steps: int | None = None  # stop after this many optimizer steps (None: epochs decide)
-    lr: float = 2e-4
+    lr: float = 1e-3  # measured: 2e-4 left one epoch undertrained (docs/benchmarks.md)
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.0
