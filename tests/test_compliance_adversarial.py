@@ -65,7 +65,10 @@ def check_call(engine: Engine, session_id: str, arm: str = "hybrid") -> int:
         policy = flow.pure_llm if arm == "pure_llm" else flow.stages[row.stage].compliance
         assert sent in allowed_by(flow, policy), (row.stage, row.raw_text, sent)
         if policy.decoding == "free":
-            assert sent != row.raw_text  # a free draft itself is never what the customer hears
+            if sent == row.raw_text:
+                # a free draft reaches the customer only when it is an eligible script word for
+                # word: matched verbatim, at similarity 1.0 (a tuned model often writes one)
+                assert row.decision == "approved" and row.score == 1.0, (row.stage, sent)
         else:
             assert row.raw_text in scripts  # a constrained draft is a script by construction
     return len(audit)
