@@ -193,6 +193,7 @@ def write_json(args, flow, contexts, outcomes, load_before) -> None:
                     "nearest_act": o.nearest_act,
                     "stage": o.context.stage,
                     "intent": o.context.intent,
+                    "reading": o.context.reading,
                     "entered": o.context.entered,
                     "customer": o.context.customer,
                     "right_acts": list(o.context.right_acts),

@@ -47,7 +47,7 @@ from engine.pure_llm import decide_pure, pure_reply
 from engine.reply import Reply, reply_from_row
 from engine.session_locks import SessionLocks
 from engine.text import storable
-from intents import IntentClassifier, IntentPrediction
+from intents import OUT_OF_SCOPE, IntentClassifier, IntentPrediction
 from storage import Store
 from storage.models import StageEvent, Turn, utcnow
 from storage.repository import Snapshot, StoredTurn
@@ -381,8 +381,9 @@ class Engine:
             reply_text, script_id, source = result.text, result.script_id, result.source
         else:
             raw, result, error = self._llm_reply(
-                snapshot, decision.reply, text, latencies, arm_flow or self.flow, progress
-            )
+                snapshot, decision.reply, text, latencies, arm_flow or self.flow, progress,
+                intent=confident_intent(prediction),
+            )  # fmt: skip
             reply_text, script_id, source = result.text, result.script_id, result.source
         assert script_id is not None
         step = self.ruler.said(progress, script_id)
@@ -462,6 +463,7 @@ class Engine:
         latencies: dict[str, float],
         arm_flow: Flow | None = None,
         progress: Progress | None = None,
+        intent: str | None = None,
     ) -> tuple[str | None, ComplianceResult, str | None]:
         stage = (arm_flow or self.flow).stages[plan.stage]  # an arm may override its parameters
         assert stage.compliance is not None and stage.generation is not None
@@ -469,7 +471,9 @@ class Engine:
         stage = replace(stage, compliance=policy)  # the candidates that may be said now
         slots = dict(snapshot.slots)
         earlier = _earlier(snapshot)
-        messages = build_messages(self.flow, stage, snapshot.history, slots, text, earlier)
+        messages = build_messages(
+            self.flow, stage, snapshot.history, slots, text, earlier, intent=intent
+        )
         choices = None  # constrained decoding: the draft is one of these texts, chosen early
         if policy.decoding == "constrained" and self.backend.can_constrain:
             choices = self.compliance.candidate_texts(policy, slots) or None
@@ -491,6 +495,13 @@ class Engine:
         if candidates == policy.candidates or not candidates:
             return policy
         return replace(policy, candidates=candidates)
+
+
+def confident_intent(prediction: IntentPrediction | None) -> str | None:
+    """The classifier's reading to hand the LLM stage: its intent, unless it was not sure."""
+    if prediction is None or prediction.intent == OUT_OF_SCOPE:
+        return None
+    return prediction.intent
 
 
 def _earlier(snapshot: Snapshot) -> int:

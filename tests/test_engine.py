@@ -11,6 +11,7 @@ from engine.compliance.embedders import CharNgramEmbedder
 from engine.engine import Engine, draft_seed
 from engine.errors import IdempotencyKeyReused, MissingSlot, SessionEnded, SessionNotFound
 from engine.flow.loader import load_flow
+from engine.llm.prompt import INTENT_NOTE
 from intents import load_or_train
 from storage import Store
 from tests.conftest import ROOT
@@ -49,10 +50,11 @@ def test_whole_call_through_scripted_and_llm_stages(db_url):
     assert pitch.source == "llm" and pitch.script_id == "pitch.speed"
     assert pitch.text == engine.flow.scripts["pitch.speed"].text
     assert set(pitch.latencies_ms) >= {"classify_ms", "generate_ms", "compliance_ms", "total_ms"}
-    # The prompt carried the stage goal and what the customer said.
+    # The prompt carried the stage goal, what the customer said and what the classifier read.
     messages, params = backend.history[0]
     assert "Offer the faster plan." in messages[0]["content"]
-    assert messages[-1] == {"role": "user", "content": "yes that's me"}
+    assert messages[-2] == {"role": "user", "content": "yes that's me"}
+    assert messages[-1] == {"role": "system", "content": INTENT_NOTE + "affirm"}
     assert params.max_new_tokens == 24 and params.top_p == 0.9
 
     closing = engine.turn(opening.session_id, "yes please")

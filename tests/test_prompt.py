@@ -1,5 +1,7 @@
+from engine.engine import confident_intent
 from engine.flow.loader import load_flow
-from engine.llm.prompt import MAX_MESSAGE_CHARS, build_messages
+from engine.llm.prompt import INTENT_NOTE, MAX_MESSAGE_CHARS, build_messages
+from intents import OUT_OF_SCOPE, IntentPrediction
 from tests.test_engine import MINI
 
 FLOW = load_flow(MINI)
@@ -21,6 +23,25 @@ def test_long_and_empty_customer_text():
     assert len(long[-1]["content"]) == MAX_MESSAGE_CHARS
     empty = build_messages(FLOW, FLOW.stages["pitch"], [], {}, "  ")
     assert empty[-1]["role"] == "user" and empty[-1]["content"].startswith("(")
+
+
+def test_the_classifiers_reading_comes_after_the_customers_words():
+    history = [(None, "Hello, am I speaking with Alex?")]
+    plain = build_messages(FLOW, FLOW.stages["pitch"], history, {}, "too dear")
+    read = build_messages(FLOW, FLOW.stages["pitch"], history, {}, "too dear", intent="deny")
+    # the same prompt up to the customer's words (KV reuse), then one note the model can use
+    assert read[: len(plain)] == plain and len(read) == len(plain) + 1
+    assert read[-1] == {"role": "system", "content": INTENT_NOTE + "deny"}
+    # nothing said, nothing read: the model is asked to go on, with no reading to mislead it
+    silent = build_messages(FLOW, FLOW.stages["pitch"], history, {}, "  ", intent="deny")
+    assert silent[-1]["role"] == "user" and INTENT_NOTE not in str(silent)
+
+
+def test_the_engine_hands_over_only_a_reading_the_classifier_is_sure_of():
+    sure = IntentPrediction("deny", 0.9, 0.7, (("deny", 0.9), ("affirm", 0.2)))
+    unsure = IntentPrediction(OUT_OF_SCOPE, 0.3, 0.05, (("deny", 0.3),), rejected_by="threshold")
+    assert confident_intent(sure) == "deny"
+    assert confident_intent(unsure) is None and confident_intent(None) is None
 
 
 def _call(turns: int) -> list[tuple[str | None, str]]:

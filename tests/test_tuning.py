@@ -26,6 +26,7 @@ from engine.errors import FlowValidationError
 from engine.flow.loader import load_flow
 from engine.flow.tuning import StaleAdapterWarning
 from engine.llm.hf.backend import TransformersBackend
+from engine.llm.prompt import INTENT_NOTE
 from engine.tuning.adapters import merge_adapter, weights_fingerprint
 from engine.tuning.data import (
     OPENING_SHARE,
@@ -108,8 +109,14 @@ def test_examples_are_the_engines_prompts_answered_by_approved_scripts(trained):
         system, *turns = example.messages
         assert "Your task now: Offer the faster plan." in system["content"]
         assert turns[0]["role"] == "assistant" and turns[0]["content"].startswith("Hello, this")
-        assert turns[-1] == {"role": "user", "content": example.customer}
+        # the customer's words, then (as the engine hands it over) the classifier's reading
+        said = {"role": "user", "content": example.customer}
+        read = {"role": "system", "content": INTENT_NOTE + "affirm"}
+        assert turns[-1] == said or turns[-2:] == [said, read]
         assert example.customer in flow.intents["affirm"]
+    # unread prompts (the classifier was not sure) are a minority, as in serving
+    unread = sum(e.messages[-1]["role"] == "user" for e in hybrid)
+    assert 0 < unread < len(hybrid) / 3
 
 
 def test_the_pure_llm_arm_is_taught_what_the_hybrid_arm_would_say(trained):
@@ -118,6 +125,7 @@ def test_the_pure_llm_arm_is_taught_what_the_hybrid_arm_would_say(trained):
     examples = trained["examples"]
     pure = [e for e in examples.examples if e not in _hybrid(examples.examples)]
     assert pure and all("Work through these steps" in e.messages[0]["content"] for e in pure)
+    assert not any(INTENT_NOTE in m["content"] for e in pure for m in e.messages)  # no classifier
     openings = [e for e in pure if e.customer == ""]
     assert openings and {e.script_id for e in openings} == {"greeting.open"}
     assert openings[0].messages[-1]["content"] == "(The customer is listening. Go on.)"
@@ -370,7 +378,7 @@ def test_cli_tune_configuration_errors_exit_2(tmp_path):
 def test_cli_tune_dry_run_counts_the_examples():
     out = CliRunner().invoke(main, ["tune", str(ROOT / "flows" / "broadband_en"), "--dry-run"])
     assert out.exit_code == 0, out.output
-    assert "640 examples (greeting" in out.output and "data hash tuning-data:v1:" in out.output
+    assert "600 examples (greeting" in out.output and "data hash tuning-data:v1:" in out.output
 
 
 def test_manifest_is_json_with_sorted_keys(trained):

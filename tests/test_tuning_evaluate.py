@@ -13,8 +13,10 @@ from engine.compliance.embedders import CharNgramEmbedder
 from engine.errors import FlowValidationError
 from engine.flow.loader import load_flow
 from engine.llm.base import BackendError, Generation
+from engine.llm.prompt import INTENT_NOTE
 from engine.simulation.personas import load_population
 from engine.tuning.evaluate import (
+    classifier_reading,
     evaluate,
     held_out_contexts,
     read_lines,
@@ -64,8 +66,23 @@ def test_customer_lines_come_from_the_held_out_bank_only(contexts):
     assert not {c.customer for c in contexts} & training
     assert {c.stage for c in contexts} == {"pitch", "objection"}
     for c in contexts:
-        assert c.messages[-1] == {"role": "user", "content": c.customer}
+        said = {"role": "user", "content": c.customer}
+        assert c.messages[-1] == said or c.messages[-2] == said
         assert c.customer in POPULATION.bank.intents[c.intent]
+
+
+def test_the_prompt_carries_the_flows_classifier_reading_mistakes_included(contexts):
+    """As the engine serves it: the intent classifier's reading of the line, not its label."""
+    read = classifier_reading(FLOW)
+    for c in contexts:
+        assert c.reading == read(c.customer)
+        note = [] if c.reading is None else [{"role": "system", "content": INTENT_NOTE + c.reading}]
+        assert list(c.messages[-len(note) :] if note else []) == note
+    # the classifier is right on most bank lines, and its misreadings are kept
+    assert 0 < sum(c.reading != c.intent for c in contexts) < len(contexts) / 5
+    misread = held_out_contexts(FLOW, POPULATION, read=lambda line: "deny")
+    assert {c.messages[-1]["content"] for c in misread} == {INTENT_NOTE + "deny"}
+    assert [c.right_acts for c in misread] == [c.right_acts for c in contexts]
 
 
 def test_lines_from_a_file_replace_the_bank_at_the_llm_turn_only(tmp_path):

@@ -46,7 +46,7 @@ from engine.errors import SalesbotError
 @click.option(
     "--max-examples",
     type=int,
-    default=640,
+    default=600,
     show_default=True,
     help="Train on a seeded sample of this many examples, both arms' prompts (0: all).",
 )

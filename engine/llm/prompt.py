@@ -14,6 +14,7 @@ from engine.flow.model import Flow, Stage
 from engine.llm.base import ChatMessage
 
 PLAYBOOK_HEADER = "The call, step by step:"  # starts the pure_llm arm's playbook
+INTENT_NOTE = "The intent classifier reads the customer's last words as: "  # hybrid stages only
 HISTORY_TURNS = 6  # customer/bot exchanges always kept in the prompt (6 to 11 are kept)
 MAX_MESSAGE_CHARS = 600  # a 10,000-character turn must not blow the context window
 MAX_SLOT_CHARS = 80  # per slot value in the prompt (start() already caps each slot's length)
@@ -62,10 +63,19 @@ def build_messages(
     slots: Mapping[str, str],
     customer_text: str | None,
     earlier: int = 0,
+    intent: str | None = None,
 ) -> list[ChatMessage]:
     """``history`` is the earlier (customer text or None, bot reply) pairs, oldest first, after
     ``earlier`` older ones that were not read; ``customer_text`` is what the customer just said
-    (None when the bot speaks first)."""
+    (None when the bot speaks first).
+
+    ``intent``: what the flow's intent classifier made of ``customer_text`` (None when it was
+    not sure). This is the hybrid design's hand-over: the small model has already read the
+    line, and the LLM is told what it read, so it chooses among the stage's scripts with the
+    classifier's reading in front of it instead of guessing the intent again from the words
+    alone (docs/tuning.md, "The classifier's reading"). It comes last, after the customer's
+    words, so the prompt up to them stays a prefix of the next turn's (KV reuse).
+    """
     persona = flow.persona.format_map(_KeepUnknown(_persona_values(flow, slots)))
     data = {k: str(v)[:MAX_SLOT_CHARS] for k, v in sorted(slots.items()) if v}
     system = (
@@ -75,7 +85,10 @@ def build_messages(
         "Reply to the customer in one or two short, polite sentences. Do not invent prices, "
         "discounts or promises."
     )
-    return _with_history(system, history, customer_text, earlier)
+    messages = _with_history(system, history, customer_text, earlier)
+    if intent and customer_text and customer_text.strip():
+        messages.append({"role": "system", "content": f"{INTENT_NOTE}{intent}"})
+    return messages
 
 
 def playbook(flow: Flow) -> str:

@@ -14,6 +14,9 @@ Where the pieces come from:
 - **customer lines**: ``intents.yaml`` (the classifier's training examples). Never
   ``utterances.yaml``: that is the simulation's held-out bank, the evaluation set
   (:func:`bank_lines` reads it for evaluation only);
+- **the classifier's reading** (hybrid prompts): the line's intent, told to the model as the
+  engine tells it what the intent classifier read; left out of 1 example in ``UNREAD_SHARE``,
+  as the engine leaves it out when the classifier is not sure;
 - **which acts answer a line**: personas.yaml's ``moves`` (intent -> ``answered_by``), plus
   flow.yaml's optional ``tuning.answers``; a line no mapping covers is answered by the stage's
   ``tuning.default_acts``, else it yields no example and is listed in ``uncovered``.
@@ -42,15 +45,24 @@ NAMES = {
     "en": ("Alex", "Sam", "Jordan", "Morgan", "Chris", "Pat", "Lee", "Robin", "Jamie", "Taylor"),
     "zh": ("王伟", "李娜", "张敏", "刘洋", "陈静", "杨磊", "赵军", "黄丽"),
 }
+# Hybrid examples without the classifier's reading: serving has none when the classifier is not
+# sure (1-2% of the held-out LLM-stage lines), and the reply must still follow the words then.
+UNREAD_SHARE = 8
 # A prompt builder with the engine's build_messages signature (flow, stage, history, slots,
-# customer text); :func:`playbook_messages` is the pure-LLM arm's.
+# customer text, intent=...); :func:`playbook_messages` is the pure-LLM arm's.
 MessagesFn = Callable[..., list[ChatMessage]]
 
 
 def playbook_messages(
-    flow: Flow, stage: Stage, history: Sequence[tuple[str | None, str]], slots, customer
+    flow: Flow,
+    stage: Stage,
+    history: Sequence[tuple[str | None, str]],
+    slots,
+    customer,
+    intent: str | None = None,
 ) -> list[ChatMessage]:
-    """The pure-LLM arm's prompt for a training context: the playbook names no stage."""
+    """The pure-LLM arm's prompt for a training context: the playbook names no stage, and the
+    pure arm is not told the classifier's reading (it has no classifier in its loop)."""
     return build_playbook_messages(flow, history, slots, customer)
 
 
@@ -205,7 +217,9 @@ def build_training_set(
                     continue
                 script = flow.scripts[rng.choice(replies)]
                 stage: Stage = flow.stages[ctx.stage]
-                messages = messages_fn(flow, stage, history, slots, customer)
+                # the classifier's reading, as the engine hands it over (none, 1 in 8)
+                reading = None if rng.randrange(UNREAD_SHARE) == 0 else ctx.intent
+                messages = messages_fn(flow, stage, history, slots, customer, intent=reading)
                 examples.append(
                     Example(
                         stage=ctx.stage,

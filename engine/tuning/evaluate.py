@@ -35,7 +35,7 @@ import dataclasses
 import statistics
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -68,6 +68,7 @@ class EvalContext:
     slots: Mapping[str, str]
     messages: tuple[ChatMessage, ...]
     right_acts: tuple[str, ...]
+    reading: str | None = None  # the classifier's reading of ``customer`` (None: not sure)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ def held_out_contexts(
     stages: Sequence[str] | None = None,
     limit: int | None = None,
     lines: Mapping[str, Sequence[str]] | None = None,
+    read: Callable[[str], str | None] | None = None,
 ) -> list[EvalContext]:
     """Every LLM turn of ``flow`` x every held-out line of its intent (see the module doc).
 
@@ -172,6 +174,10 @@ def held_out_contexts(
 
     ``limit`` keeps an even spread: every k-th context of the full list, so each stage and
     intent stays represented in proportion.
+
+    ``read``: line -> the intent classifier's reading, handed to the prompt as the engine hands
+    it over; the flow's own classifier by default (:func:`classifier_reading`). Its mistakes
+    stay in: the right acts are those of the line's true intent.
     """
     if population is None:
         from engine.simulation.personas import load_population
@@ -182,6 +188,7 @@ def held_out_contexts(
     said = sorted(population.said_intents() & set(bank))
     asked = llm_stage_intents(population)
     names = list(getattr(population.bank, "slots", {}).get("customer_name", ())) or ["Alex"]
+    read = classifier_reading(flow) if read is None else read
     found: list[EvalContext] = []
     for stage, intent, entered, path in _turns(flow, said):
         if intent not in asked or (stages is not None and stage not in stages):
@@ -197,16 +204,36 @@ def held_out_contexts(
             history = _history(flow, path, bank, moves, slots)
             if history is None:
                 continue
-            messages = build_messages(flow, flow.stages[stage], history, slots, line)
+            reading = read(line)
+            messages = build_messages(
+                flow, flow.stages[stage], history, slots, line, intent=reading
+            )
             found.append(
                 EvalContext(
-                    stage, intent, line, entered, tuple(history), slots, tuple(messages), acts
+                    stage,
+                    intent,
+                    line,
+                    entered,
+                    tuple(history),
+                    slots,
+                    tuple(messages),
+                    acts,
+                    reading,
                 )
             )
     if limit is not None and 0 < limit < len(found):
         step = len(found) / limit
         found = [found[int(i * step)] for i in range(limit)]
     return found
+
+
+def classifier_reading(flow: Flow) -> Callable[[str], str | None]:
+    """The engine's reading of a customer line: the flow's classifier, None when not sure."""
+    from engine.engine import confident_intent
+    from engine.flow.classifier import flow_classifier
+
+    classifier = flow_classifier(flow)
+    return lambda line: confident_intent(classifier.predict_one(line))
 
 
 class LinesFile(_Strict):

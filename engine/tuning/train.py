@@ -65,7 +65,7 @@ class TuneConfig:
     dropout: float = 0.0
     targets: tuple[str, ...] = ALL_PROJECTIONS
     top_layers: int | None = 8  # adapt only the last N decoder layers (None: all)
-    max_examples: int | None = 640  # a seeded, balanced sample of the flow's examples (None: all)
+    max_examples: int | None = 600  # a seeded, balanced sample of the flow's examples (None: all)
     batch: int = 4
     grad_accum: int = 1
     warmup: float = 0.03  # fraction of the steps with a linear warm-up
