@@ -19,7 +19,9 @@ Where the pieces come from:
   as the engine leaves it out when the classifier is not sure;
 - **which acts answer a line**: personas.yaml's ``moves`` (intent -> ``answered_by``), plus
   flow.yaml's optional ``tuning.answers``; a line no mapping covers is answered by the stage's
-  ``tuning.default_acts``, else it yields no example and is listed in ``uncovered``.
+  ``tuning.default_acts``, else it yields no example and is listed in ``uncovered``;
+- **which script answers it**: of the stage's scripts with such an act, the one nearest to the
+  line in meaning (:func:`nearest_script`).
 
 Everything is drawn from one seeded generator: the same flow and seed give the same examples,
 and :meth:`TrainingSet.data_hash` names them in the adapter's manifest.
@@ -32,6 +34,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from engine.flow.model import Flow, Stage
 from engine.hashing import content_hash
@@ -48,6 +52,9 @@ NAMES = {
 # Hybrid examples without the classifier's reading: serving has none when the classifier is not
 # sure (1-2% of the held-out LLM-stage lines), and the reply must still follow the words then.
 UNREAD_SHARE = 8
+# (intent, customer line, ids of the scripts that answer it) -> the one to teach
+# (:func:`nearest_script`)
+ScriptChooser = Callable[[str, str, Sequence[str]], str]
 # A prompt builder with the engine's build_messages signature (flow, stage, history, slots,
 # customer text, intent=...); :func:`playbook_messages` is the pure-LLM arm's.
 MessagesFn = Callable[..., list[ChatMessage]]
@@ -136,6 +143,54 @@ def bank_lines(flow: Flow) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in load_population(flow).bank.intents.items()}
 
 
+def nearest_script(flow: Flow, lines: Mapping[str, Sequence[str]] = {}) -> ScriptChooser:
+    """Among the scripts whose act answers a line, the one nearest in meaning to the line and to
+    its intent as a whole (the sum of the cosine similarities to the line and to the mean of the
+    intent's lines, by the flow's own compliance embedder; near-ties, within 1e-4, go to the
+    first id).
+
+    Why not any of them at random: an act is coarse ("inform" holds the price, the router, the
+    contract and the cooling-off answers), and "how much is it?" answered by the cooling-off
+    script half the time spreads the model's first-token probability over every answering
+    script's first word, so under greedy decoding a script that answers nothing often wins
+    (measured: 0 of 18 price and details questions in the pitch stage got an answering script).
+    The line's own term lets "do I get a new router?" get the router answer; the intent's term
+    keeps the answers to one intent on a few scripts, so the model can learn them.
+    """
+    from engine.compliance import create_embedder
+
+    embedder = create_embedder(flow.embedder)
+    library = {sid: script.text for sid, script in sorted(flow.scripts.items())}
+    if embedder.fits_corpus:
+        embedder.fit(list(library.values()))
+    texts = list(library.values())
+    script_vectors = dict(zip(library, _dense(embedder.embed_batch(texts)), strict=True))
+    said = sorted({line for group in lines.values() for line in group})
+    line_vectors = dict(zip(said, _dense(embedder.embed_batch(said)), strict=True)) if said else {}
+    centroids = {}
+    for intent, group in lines.items():
+        if group:
+            mean = np.mean([line_vectors[line] for line in group], axis=0)
+            centroids[intent] = mean / (np.linalg.norm(mean) or 1.0)
+
+    def choose(intent: str, line: str, script_ids: Sequence[str]) -> str:
+        if len(script_ids) == 1:
+            return script_ids[0]
+        if line not in line_vectors:
+            line_vectors[line] = _dense(embedder.embed_batch([line]))[0]
+        target = line_vectors[line] + centroids.get(intent, 0.0)
+        scores = {sid: round(float(target @ script_vectors[sid]), 4) for sid in script_ids}
+        return max(sorted(script_ids), key=lambda sid: scores[sid])
+
+    return choose
+
+
+def _dense(matrix) -> list:
+    """Rows of an embedder's output as dense vectors (TF-IDF embedders return sparse ones)."""
+    rows = matrix.toarray() if hasattr(matrix, "toarray") else matrix
+    return list(rows)
+
+
 def contexts(
     flow: Flow,
     arm: Arm = "hybrid",
@@ -186,15 +241,18 @@ def build_training_set(
     messages_fn: MessagesFn = build_messages,
     llm_turns: int = LLM_TURNS,
     per_line: int = 1,
+    choose: ScriptChooser | None = None,
 ) -> TrainingSet:
     """(prompt -> approved reply) examples for every LLM turn the flow can reach.
 
     ``lines``: intent -> customer lines; intents.yaml by default. Pass :func:`bank_lines` only
     to build an evaluation set. Each line of each reachable context gives ``per_line`` examples
-    (histories, slots and the answering script drawn from the seeded generator).
+    (histories and slots drawn from the seeded generator). ``choose`` picks the answering
+    script: :func:`nearest_script` by default.
     """
     rng = random.Random(seed)
     lines = flow.intents if lines is None else lines
+    choose = nearest_script(flow, lines) if choose is None else choose
     answers = answer_map(flow)
     examples: list[Example] = []
     uncovered: dict[tuple[str, str], None] = {}
@@ -212,10 +270,10 @@ def build_training_set(
         for customer in said:
             for _ in range(per_line):
                 slots = _slots(flow, rng)
-                history = _realise(flow, ctx.history, lines, answers, slots, rng)
+                history = _realise(flow, ctx.history, lines, answers, slots, rng, choose)
                 if history is None:
                     continue
-                script = flow.scripts[rng.choice(replies)]
+                script = flow.scripts[choose(ctx.intent, customer, replies)]
                 stage: Stage = flow.stages[ctx.stage]
                 # the classifier's reading, as the engine hands it over (none, 1 in 8)
                 reading = None if rng.randrange(UNREAD_SHARE) == 0 else ctx.intent
@@ -356,6 +414,7 @@ def _realise(
     answers: Mapping[str, tuple[str, ...]],
     slots: dict[str, str],
     rng: random.Random,
+    choose: ScriptChooser,
 ) -> list[tuple[str | None, str]] | None:
     """Concrete (customer text, bot reply) pairs for a history; None when a step has no line
     or no answering script to show."""
@@ -372,6 +431,6 @@ def _realise(
             replies = _answering(flow, step.stage, step.intent or "", answers)
             if not replies:
                 return None
-            script_id = rng.choice(replies)
+            script_id = choose(step.intent or "", customer or "", replies)
         history.append((customer, flow.render(script_id, slots)))
     return history
