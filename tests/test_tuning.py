@@ -32,11 +32,12 @@ from engine.tuning.data import (
     OPENING_SHARE,
     build_training_set,
     build_tuning_set,
+    nearest_script,
     playbook_messages,
 )
 from engine.tuning.manifest import MANIFEST, AdapterError, adapter_hash, read_manifest
 from engine.tuning.pipeline import tune_flow
-from engine.tuning.train import TuneConfig
+from engine.tuning.train import Encoded, TuneConfig, collate
 from intents import load_or_train
 from storage import Store
 from tests.conftest import ROOT
@@ -115,8 +116,7 @@ def test_examples_are_the_engines_prompts_answered_by_approved_scripts(trained):
         assert turns[-1] == said or turns[-2:] == [said, read]
         assert example.customer in flow.intents["affirm"]
     # unread prompts (the classifier was not sure) are a minority, as in serving
-    unread = sum(e.messages[-1]["role"] == "user" for e in hybrid)
-    assert 0 < unread < len(hybrid) / 3
+    assert sum(e.messages[-1]["role"] == "user" for e in hybrid) < len(hybrid) / 3
 
 
 def test_the_pure_llm_arm_is_taught_what_the_hybrid_arm_would_say(trained):
@@ -185,6 +185,32 @@ def test_broadband_training_lines_come_from_intents_never_from_the_bank():
         assert e.script_id in flow.stages[e.stage].compliance.candidates
     price = [e for e in examples.examples if e.intent == "price_objection"]
     assert price and {e.act for e in price} <= {"handle_price_objection", "inform"}
+    # the same line, wherever it is said, is taught one answer: the nearest answering script
+    answers: dict[tuple[str, str, str], set[str]] = {}
+    for e in examples.examples:
+        answers.setdefault((e.stage, e.intent, e.customer), set()).add(e.script_id)
+    assert all(len(ids) == 1 for ids in answers.values())
+    # about one prompt in eight goes without the classifier's reading
+    unread = sum(e.messages[-1]["role"] == "user" for e in examples.examples)
+    assert 0.08 < unread / len(examples.examples) < 0.18
+
+
+def test_the_answering_script_nearest_to_the_line_and_its_intent_is_taught():
+    """An act is coarse: of the scripts that answer, the one a labeller would pick."""
+    flow = load_flow(ROOT / "flows" / "broadband_en")
+    choose = nearest_script(flow, flow.intents)
+    candidates = flow.stages["pitch"].compliance.candidates
+    informs = [s for s in candidates if flow.scripts[s].act == "inform"]
+    assert len(informs) > 5
+    assert choose("ask_details", "how long is the contract?", informs) == "pitch.contract"
+    assert choose("ask_details", "can I cancel if I change my mind?", informs) == (
+        "pitch.cooling_off"
+    )
+    assert choose("ask_price", "how much is it a day?", informs) == "pitch.price_per_day"
+    # one intent's lines land on a few of its act's scripts, not spread over all of them
+    picked = Counter(choose("ask_price", line, informs) for line in flow.intents["ask_price"])
+    assert len(picked) <= len(informs) // 2
+    assert picked.most_common(1)[0][1] >= len(flow.intents["ask_price"]) / 3
 
 
 def test_tuning_section_errors_name_file_line_and_field(tmp_path):
@@ -373,6 +399,19 @@ def test_cli_tune_configuration_errors_exit_2(tmp_path):
         assert fp16.exit_code == 2 and "fp16 mixed precision needs a CUDA GPU" in fp16.output
     rank = runner.invoke(main, ["tune", str(folder), "--rank", "0"])
     assert rank.exit_code == 2 and "rank must be at least 1" in rank.output
+    weight = runner.invoke(main, ["tune", str(folder), "--decision-weight", "0"])
+    assert weight.exit_code == 2 and "decision-weight must be positive" in weight.output
+
+
+def test_the_replys_first_tokens_weigh_more_and_the_prompt_nothing():
+    """Where the script is chosen weighs ``decision_weight``; the copying after it weighs 1."""
+    short, long = Encoded([5, 6, 7], [1, 2, 3]), Encoded([5], [1, 2, 3, 4, 9, 9])
+    batch = collate([short, long], pad_id=0, decision_tokens=2, decision_weight=8.0)
+    labels, weights = batch["labels"], batch["weights"]
+    assert labels.shape == weights.shape
+    assert weights[0].tolist() == [0, 0, 0, 8, 8, 1] and labels[0, -3:].tolist() == [1, 2, 3]
+    assert weights[1].tolist() == [8, 8, 1, 1, 1, 1]
+    assert ((weights > 0) == (labels != -100)).all()  # only reply tokens count
 
 
 def test_cli_tune_dry_run_counts_the_examples():

@@ -50,6 +50,13 @@ from engine.errors import SalesbotError
     show_default=True,
     help="Train on a seeded sample of this many examples, both arms' prompts (0: all).",
 )
+@click.option(
+    "--decision-weight",
+    type=float,
+    default=8.0,
+    show_default=True,
+    help="Loss weight of each reply's first 6 tokens, where the script is chosen (1: none).",
+)
 @click.option("--batch", type=int, default=4, show_default=True)
 @click.option("--grad-accum", type=int, default=1, show_default=True)
 @click.option(
