@@ -1,3 +1,5 @@
+import dataclasses
+
 from engine.engine import confident_intent
 from engine.flow.loader import load_flow
 from engine.llm.prompt import INTENT_NOTE, MAX_MESSAGE_CHARS, build_messages
@@ -35,6 +37,9 @@ def test_the_classifiers_reading_comes_after_the_customers_words():
     # nothing said, nothing read: the model is asked to go on, with no reading to mislead it
     silent = build_messages(FLOW, FLOW.stages["pitch"], history, {}, "  ", intent="deny")
     assert silent[-1]["role"] == "user" and INTENT_NOTE not in str(silent)
+    # a flow whose adapter was trained without the note serves without it
+    off = dataclasses.replace(FLOW, intent_note=False)
+    assert build_messages(off, off.stages["pitch"], history, {}, "too dear", intent="deny") == plain
 
 
 def test_the_engine_hands_over_only_a_reading_the_classifier_is_sure_of():

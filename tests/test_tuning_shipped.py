@@ -28,6 +28,12 @@ def test_the_shipped_adapters_match_their_flows(flow):
 REPLY_LINE = re.compile(r"\[(\w+) \| (\w+) [\d.]+ \| (\w+) ([\w.]+)\]")
 
 
+@pytest.mark.xfail(
+    strict=True,  # the day it passes, this marker must go
+    reason="issue 14, not met yet: the shipped adapter answers 'that's too expensive' in the "
+    "objection stage with objection.moving_house (a contract answer) through both backends; "
+    "after 'I understand' it puts 66% on ' if' against 26% on ',' (docs/benchmarks.md)",
+)
 @pytest.mark.parametrize("backend", ["transformers", "llamacpp"])
 def test_chat_answers_a_price_objection_with_an_approved_price_answer(backend, tmp_path):
     """`salesbot chat flows/broadband_en` with the shipped adapter, as a user would talk to it:

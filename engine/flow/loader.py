@@ -438,6 +438,7 @@ def _compile(
         classifier_max_accuracy_drop=flow.classifier.max_accuracy_drop,
         embedder=flow.compliance.embedder,
         persona=flow.llm.persona,
+        intent_note=flow.llm.intent_note,
         backend=flow.llm.backend,
         backend_options=MappingProxyType(dict(flow.llm.backend_options)),
         default_generation=generation["__default__"],

@@ -173,6 +173,12 @@ class LLMConfig(_Strict):
         description="A LoRA adapter folder made by `salesbot tune`, relative to the flow folder "
         "(e.g. adapters/broadband_en); the transformers backend merges it at load.",
     )
+    intent_note: bool = Field(
+        True,
+        description="End an LLM stage's prompt with the intent classifier's reading of the "
+        "customer's last words (hybrid arm). `salesbot tune` trains with the same setting; an "
+        "adapter trained without the note should be served without it.",
+    )
 
 
 class TuningConfig(_Strict):

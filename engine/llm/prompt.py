@@ -74,7 +74,8 @@ def build_messages(
     line, and the LLM is told what it read, so it chooses among the stage's scripts with the
     classifier's reading in front of it instead of guessing the intent again from the words
     alone (docs/tuning.md, "The classifier's reading"). It comes last, after the customer's
-    words, so the prompt up to them stays a prefix of the next turn's (KV reuse).
+    words, so the prompt up to them stays a prefix of the next turn's (KV reuse). A flow whose
+    adapter was trained without it sets ``llm.intent_note: false``.
     """
     persona = flow.persona.format_map(_KeepUnknown(_persona_values(flow, slots)))
     data = {k: str(v)[:MAX_SLOT_CHARS] for k, v in sorted(slots.items()) if v}
@@ -86,7 +87,7 @@ def build_messages(
         "discounts or promises."
     )
     messages = _with_history(system, history, customer_text, earlier)
-    if intent and customer_text and customer_text.strip():
+    if intent and flow.intent_note and customer_text and customer_text.strip():
         messages.append({"role": "system", "content": f"{INTENT_NOTE}{intent}"})
     return messages
 
