@@ -143,7 +143,7 @@ def bank_lines(flow: Flow) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in load_population(flow).bank.intents.items()}
 
 
-def nearest_script(flow: Flow, lines: Mapping[str, Sequence[str]] = {}) -> ScriptChooser:
+def nearest_script(flow: Flow, lines: Mapping[str, Sequence[str]] | None = None) -> ScriptChooser:
     """Among the scripts whose act answers a line, the one nearest in meaning to the line and to
     its intent as a whole (the sum of the cosine similarities to the line and to the mean of the
     intent's lines, by the flow's own compliance embedder; near-ties, within 1e-4, go to the
@@ -154,8 +154,9 @@ def nearest_script(flow: Flow, lines: Mapping[str, Sequence[str]] = {}) -> Scrip
     script half the time spreads the model's first-token probability over every answering
     script's first word, so under greedy decoding a script that answers nothing often wins
     (measured: 0 of 18 price and details questions in the pitch stage got an answering script).
-    The line's own term lets "do I get a new router?" get the router answer; the intent's term
-    keeps the answers to one intent on a few scripts, so the model can learn them.
+    The line's own term lets "how long is the contract?" get the contract answer; the intent's
+    term keeps the answers to one intent on a few scripts, so the model can learn them.
+    ``lines`` (intent -> lines) give the intents' means and are embedded at once.
     """
     from engine.compliance import create_embedder
 
@@ -165,6 +166,7 @@ def nearest_script(flow: Flow, lines: Mapping[str, Sequence[str]] = {}) -> Scrip
         embedder.fit(list(library.values()))
     texts = list(library.values())
     script_vectors = dict(zip(library, _dense(embedder.embed_batch(texts)), strict=True))
+    lines = lines or {}
     said = sorted({line for group in lines.values() for line in group})
     line_vectors = dict(zip(said, _dense(embedder.embed_batch(said)), strict=True)) if said else {}
     centroids = {}
