@@ -23,7 +23,8 @@ class CallerDrivenBackend(LLMBackend):
         self.slow_s = float(slow_s)
 
     def _generate(self, request: BatchItem) -> Generation:
-        said = request.messages[-1]["content"] if request.messages else ""
+        # the customer's last words (a hybrid prompt ends with the classifier's note)
+        said = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
         if "[down]" in said:
             raise BackendError("scripted-fake: backend down")
         if "[slow]" in said:

@@ -155,7 +155,10 @@ class StubLLM:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 stub.calls += 1
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                said = body["messages"][-1]["content"]
+                # the customer's last words (a hybrid prompt ends with the classifier's note)
+                said = next(
+                    (m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), ""
+                )
                 if "[down]" in said:
                     self._send(500, {"error": {"message": "stub: down"}})
                     return
