@@ -76,8 +76,10 @@ def test_the_prompt_carries_the_flows_classifier_reading_mistakes_included(conte
     read = classifier_reading(FLOW)
     for c in contexts:
         assert c.reading == read(c.customer)
-        note = [] if c.reading is None else [{"role": "system", "content": INTENT_NOTE + c.reading}]
-        assert list(c.messages[-len(note) :] if note else []) == note
+        if c.reading is None:  # not sure: the prompt ends with the customer's words
+            assert c.messages[-1] == {"role": "user", "content": c.customer}
+        else:
+            assert c.messages[-1] == {"role": "system", "content": INTENT_NOTE + c.reading}
     # the classifier is right on most bank lines, and its misreadings are kept
     assert 0 < sum(c.reading != c.intent for c in contexts) < len(contexts) / 5
     misread = held_out_contexts(FLOW, POPULATION, read=lambda line: "deny")

@@ -310,9 +310,12 @@ def build_tuning_set(
     ``max_examples``: a seeded sample of at most this many, ``pure_share`` of them from the
     pure-LLM arm's playbook prompts (where the flow has that arm); the rest hybrid.
     """
-    hybrid = build_training_set(flow, seed=seed)
+    choose = nearest_script(flow, flow.intents)  # one embedder for both arms' examples
+    hybrid = build_training_set(flow, seed=seed, choose=choose)
     pure = (
-        build_training_set(flow, seed=seed, arm="pure_llm", messages_fn=playbook_messages)
+        build_training_set(
+            flow, seed=seed, arm="pure_llm", messages_fn=playbook_messages, choose=choose
+        )
         if flow.pure_llm is not None
         else TrainingSet((), ())
     )
