@@ -8,6 +8,13 @@ from engine.flow.generation import GenerationParams
 from engine.llm.base import BackendError, BatchItem, ChatMessage, Generation, LLMBackend
 
 
+def customer_words(messages) -> str:
+    """What the customer last said: the last user message. A stand-in LLM that reacts to the
+    customer reads this, not the last message: a hybrid prompt ends with the engine's note
+    (the stage and the classifier's reading)."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
 class FakeBackend(LLMBackend):
     """Returns queued replies in order (or ``default``); records every prompt it was given.
 

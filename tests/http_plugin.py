@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from engine.llm import BackendError, BatchItem, Generation, LLMBackend, register_backend
+from tests.fakes import customer_words
 
 APPROVED = "Our faster plan gives you 500 megabits for eight pounds more a month."
 
@@ -23,8 +24,7 @@ class CallerDrivenBackend(LLMBackend):
         self.slow_s = float(slow_s)
 
     def _generate(self, request: BatchItem) -> Generation:
-        # the customer's last words (a hybrid prompt ends with the classifier's note)
-        said = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
+        said = customer_words(request.messages)
         if "[down]" in said:
             raise BackendError("scripted-fake: backend down")
         if "[slow]" in said:

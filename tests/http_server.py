@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
+from tests.fakes import customer_words
 from tests.processes import spawned_children
 
 SALESBOT = Path(sys.executable).parent / "salesbot"
@@ -155,10 +156,7 @@ class StubLLM:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 stub.calls += 1
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                # the customer's last words (a hybrid prompt ends with the classifier's note)
-                said = next(
-                    (m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), ""
-                )
+                said = customer_words(body["messages"])
                 if "[down]" in said:
                     self._send(500, {"error": {"message": "stub: down"}})
                     return

@@ -298,6 +298,13 @@ def test_chat_slot_without_name_is_a_usage_error(tmp_path):
     assert "--slot expects NAME=VALUE, got '=Alex'" in result.output
 
 
+def test_chat_session_id_outside_the_apis_pattern_is_a_usage_error(tmp_path):
+    result = invoke("chat", str(tmp_path / "no_such_flow"), "--session", "a b")
+    assert result.exit_code == 2, result.output
+    assert "--session 'a b': 1 to 64 letters, digits" in result.output
+    assert "not a flow folder" not in result.output
+
+
 def test_chat_with_broken_flow_exits_2_before_loading_models(tmp_path):
     folder = copy_mini(tmp_path)
     line = apply_fault(folder, FAULTS["unknown-stage-start"])

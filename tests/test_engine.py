@@ -11,7 +11,7 @@ from engine.compliance.embedders import CharNgramEmbedder
 from engine.engine import Engine, draft_seed
 from engine.errors import IdempotencyKeyReused, MissingSlot, SessionEnded, SessionNotFound
 from engine.flow.loader import load_flow
-from engine.llm.prompt import INTENT_NOTE
+from engine.llm.prompt import INTENT_NOTE, STAGE_NOTE
 from intents import load_or_train
 from storage import Store
 from tests.conftest import ROOT
@@ -54,7 +54,7 @@ def test_whole_call_through_scripted_and_llm_stages(db_url):
     messages, params = backend.history[0]
     assert "Offer the faster plan." in messages[0]["content"]
     assert messages[-2] == {"role": "user", "content": "yes that's me"}
-    assert messages[-1] == {"role": "system", "content": INTENT_NOTE + "affirm"}
+    assert messages[-1] == {"role": "system", "content": f"{STAGE_NOTE}pitch. {INTENT_NOTE}affirm"}
     assert params.max_new_tokens == 24 and params.top_p == 0.9
 
     closing = engine.turn(opening.session_id, "yes please")

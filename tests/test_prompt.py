@@ -2,7 +2,7 @@ import dataclasses
 
 from engine.engine import confident_intent
 from engine.flow.loader import load_flow
-from engine.llm.prompt import INTENT_NOTE, MAX_MESSAGE_CHARS, build_messages
+from engine.llm.prompt import INTENT_NOTE, MAX_MESSAGE_CHARS, STAGE_NOTE, build_messages
 from intents import OUT_OF_SCOPE, IntentPrediction
 from tests.test_engine import MINI
 
@@ -24,22 +24,25 @@ def test_long_and_empty_customer_text():
     long = build_messages(FLOW, FLOW.stages["pitch"], [], {}, "x" * 10_000)
     assert len(long[-1]["content"]) == MAX_MESSAGE_CHARS
     empty = build_messages(FLOW, FLOW.stages["pitch"], [], {}, "  ")
-    assert empty[-1]["role"] == "user" and empty[-1]["content"].startswith("(")
+    assert empty[-2]["role"] == "user" and empty[-2]["content"].startswith("(")
 
 
-def test_the_classifiers_reading_comes_after_the_customers_words():
+def test_the_stage_and_the_classifiers_reading_come_after_the_customers_words():
     history = [(None, "Hello, am I speaking with Alex?")]
-    plain = build_messages(FLOW, FLOW.stages["pitch"], history, {}, "too dear")
+    off = dataclasses.replace(FLOW, intent_note=False)
+    plain = build_messages(off, off.stages["pitch"], history, {}, "too dear", intent="deny")
     read = build_messages(FLOW, FLOW.stages["pitch"], history, {}, "too dear", intent="deny")
     # the same prompt up to the customer's words (KV reuse), then one note the model can use
     assert read[: len(plain)] == plain and len(read) == len(plain) + 1
-    assert read[-1] == {"role": "system", "content": INTENT_NOTE + "deny"}
+    assert plain[-1] == {"role": "user", "content": "too dear"}
+    assert read[-1] == {"role": "system", "content": f"{STAGE_NOTE}pitch. {INTENT_NOTE}deny"}
+    # the classifier not sure: the stage only
+    unsure = build_messages(FLOW, FLOW.stages["objection"], history, {}, "too dear")
+    assert unsure[-1] == {"role": "system", "content": f"{STAGE_NOTE}objection."}
     # nothing said, nothing read: the model is asked to go on, with no reading to mislead it
     silent = build_messages(FLOW, FLOW.stages["pitch"], history, {}, "  ", intent="deny")
-    assert silent[-1]["role"] == "user" and INTENT_NOTE not in str(silent)
-    # a flow whose adapter was trained without the note serves without it
-    off = dataclasses.replace(FLOW, intent_note=False)
-    assert build_messages(off, off.stages["pitch"], history, {}, "too dear", intent="deny") == plain
+    assert silent[-2]["role"] == "user" and silent[-2]["content"].startswith("(")
+    assert silent[-1] == {"role": "system", "content": f"{STAGE_NOTE}pitch."}
 
 
 def test_the_engine_hands_over_only_a_reading_the_classifier_is_sure_of():

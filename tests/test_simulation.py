@@ -40,7 +40,7 @@ from engine.simulation.results import (
 from storage import Store
 from storage.models import Conversation, SimulationRun
 from tests.conftest import BROADBAND, ROOT
-from tests.fakes import FakeBackend
+from tests.fakes import FakeBackend, customer_words
 from tests.test_stats import hand_holm
 
 N = 25
@@ -69,7 +69,7 @@ class Drafts(FakeBackend):
         ]  # fmt: skip
 
     def generate(self, messages, params, seed=None, session_key=None):
-        said = messages[-1]["content"].lower()
+        said = customer_words(messages).lower()
         if PLAYBOOK_HEADER in messages[0]["content"]:  # pure_llm: one step of the playbook a turn
             step = sum(m["role"] == "assistant" for m in messages)
             scripts = self.stages[min(step, len(self.stages) - 1)][1]

@@ -26,13 +26,14 @@ from engine.errors import FlowValidationError
 from engine.flow.loader import load_flow
 from engine.flow.tuning import StaleAdapterWarning
 from engine.llm.hf.backend import TransformersBackend
-from engine.llm.prompt import INTENT_NOTE
+from engine.llm.prompt import INTENT_NOTE, STAGE_NOTE
 from engine.tuning.adapters import merge_adapter, weights_fingerprint
 from engine.tuning.data import (
     OPENING_SHARE,
     build_training_set,
     build_tuning_set,
     nearest_script,
+    offer_intents,
     playbook_messages,
 )
 from engine.tuning.manifest import MANIFEST, AdapterError, adapter_hash, read_manifest
@@ -110,13 +111,15 @@ def test_examples_are_the_engines_prompts_answered_by_approved_scripts(trained):
         system, *turns = example.messages
         assert "Your task now: Offer the faster plan." in system["content"]
         assert turns[0]["role"] == "assistant" and turns[0]["content"].startswith("Hello, this")
-        # the customer's words, then (as the engine hands it over) the classifier's reading
+        # the customer's words, then (as the engine hands it over) the stage and the
+        # classifier's reading
         said = {"role": "user", "content": example.customer}
-        read = {"role": "system", "content": INTENT_NOTE + "affirm"}
-        assert turns[-1] == said or turns[-2:] == [said, read]
+        read = {"role": "system", "content": f"{STAGE_NOTE}pitch. {INTENT_NOTE}affirm"}
+        unread = {"role": "system", "content": f"{STAGE_NOTE}pitch."}
+        assert turns[-2:] in ([said, read], [said, unread])
         assert example.customer in flow.intents["affirm"]
     # unread prompts (the classifier was not sure) are a minority, as in serving
-    assert sum(e.messages[-1]["role"] == "user" for e in hybrid) < len(hybrid) / 3
+    assert sum(e.messages[-1] == unread for e in hybrid) < len(hybrid) / 3
 
 
 def test_the_pure_llm_arm_is_taught_what_the_hybrid_arm_would_say(trained):
@@ -125,7 +128,11 @@ def test_the_pure_llm_arm_is_taught_what_the_hybrid_arm_would_say(trained):
     examples = trained["examples"]
     pure = [e for e in examples.examples if e not in _hybrid(examples.examples)]
     assert pure and all("Work through these steps" in e.messages[0]["content"] for e in pure)
-    assert not any(INTENT_NOTE in m["content"] for e in pure for m in e.messages)  # no classifier
+    assert not any(
+        INTENT_NOTE in m["content"] or m["content"].startswith(STAGE_NOTE)
+        for e in pure
+        for m in e.messages
+    )  # no classifier, no stage
     openings = [e for e in pure if e.customer == ""]
     assert openings and {e.script_id for e in openings} == {"greeting.open"}
     assert openings[0].messages[-1]["content"] == "(The customer is listening. Go on.)"
@@ -167,6 +174,16 @@ def test_a_capped_set_gives_the_opening_its_share_and_spreads_the_rest_over_the_
     assert available.most_common(1)[0][1] > 10 * top  # the re-prompts did not take over
     assert len(openings) > 2 * top  # the opening is not one script among fifty
     assert {"pitch", "objection"} <= {e.stage for e in pure}
+    # the hybrid share: an even spread over (stage, intent), the odd lines of a stage pooled
+    hybrid = _hybrid(capped.examples)
+    kinds = Counter((e.stage, e.intent) for e in hybrid)
+    offer = offer_intents(flow)
+    assert "price_objection" in offer and "provide_identity" not in offer
+    top = max(kinds.values())
+    assert all(n >= top - 1 for (_, intent), n in kinds.items() if intent in offer)
+    for stage in ("pitch", "objection"):
+        odd = sum(n for (at, intent), n in kinds.items() if at == stage and intent not in offer)
+        assert top - 1 <= odd <= top  # "speaking" said in the pitch weighs as one intent
 
 
 def test_broadband_training_lines_come_from_intents_never_from_the_bank():
@@ -190,8 +207,10 @@ def test_broadband_training_lines_come_from_intents_never_from_the_bank():
     for e in examples.examples:
         answers.setdefault((e.stage, e.intent, e.customer), set()).add(e.script_id)
     assert all(len(ids) == 1 for ids in answers.values())
-    # about one prompt in eight goes without the classifier's reading
-    unread = sum(e.messages[-1]["role"] == "user" for e in examples.examples)
+    # every prompt ends with the engine's note; about one in eight without the reading
+    notes = [e.messages[-1] for e in examples.examples]
+    assert all(n["role"] == "system" and n["content"].startswith(STAGE_NOTE) for n in notes)
+    unread = sum(INTENT_NOTE not in n["content"] for n in notes)
     assert 0.08 < unread / len(examples.examples) < 0.18
 
 
@@ -202,11 +221,12 @@ def test_the_answering_script_nearest_to_the_line_and_its_intent_is_taught():
     candidates = flow.stages["pitch"].compliance.candidates
     informs = [s for s in candidates if flow.scripts[s].act == "inform"]
     assert len(informs) > 5
-    assert choose("ask_details", "how long is the contract?", informs) == "pitch.contract"
+    # the line's own words pick among its intent's answers
     assert choose("ask_details", "can I cancel if I change my mind?", informs) == (
         "pitch.cooling_off"
     )
-    assert choose("ask_price", "how much is it a day?", informs) == "pitch.price_per_day"
+    assert choose("ask_details", "how much is it a day?", informs) == "pitch.price_per_day"
+    assert choose("ask_details", "how long is the contract?", informs) == "pitch.details"
     # one intent's lines land on a few of its act's scripts, not spread over all of them
     picked = Counter(choose("ask_price", line, informs) for line in flow.intents["ask_price"])
     assert len(picked) <= len(informs) // 2

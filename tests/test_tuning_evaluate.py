@@ -13,7 +13,7 @@ from engine.compliance.embedders import CharNgramEmbedder
 from engine.errors import FlowValidationError
 from engine.flow.loader import load_flow
 from engine.llm.base import BackendError, Generation
-from engine.llm.prompt import INTENT_NOTE
+from engine.llm.prompt import INTENT_NOTE, STAGE_NOTE
 from engine.simulation.personas import load_population
 from engine.tuning.evaluate import (
     classifier_reading,
@@ -76,14 +76,17 @@ def test_the_prompt_carries_the_flows_classifier_reading_mistakes_included(conte
     read = classifier_reading(FLOW)
     for c in contexts:
         assert c.reading == read(c.customer)
-        if c.reading is None:  # not sure: the prompt ends with the customer's words
-            assert c.messages[-1] == {"role": "user", "content": c.customer}
+        note = f"{STAGE_NOTE}{c.stage}."
+        assert c.messages[-2] == {"role": "user", "content": c.customer}
+        if c.reading is None:  # not sure: the note names the stage only
+            assert c.messages[-1] == {"role": "system", "content": note}
         else:
-            assert c.messages[-1] == {"role": "system", "content": INTENT_NOTE + c.reading}
+            read = f"{note} {INTENT_NOTE}{c.reading}"
+            assert c.messages[-1] == {"role": "system", "content": read}
     # the classifier is right on most bank lines, and its misreadings are kept
     assert 0 < sum(c.reading != c.intent for c in contexts) < len(contexts) / 5
     misread = held_out_contexts(FLOW, POPULATION, read=lambda line: "deny")
-    assert {c.messages[-1]["content"] for c in misread} == {INTENT_NOTE + "deny"}
+    assert {c.messages[-1]["content"].split(". ", 1)[1] for c in misread} == {INTENT_NOTE + "deny"}
     assert [c.right_acts for c in misread] == [c.right_acts for c in contexts]
 
 

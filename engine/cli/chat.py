@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+
 import click
 from rich.table import Table
 
@@ -12,7 +15,7 @@ from engine.cli.common import (
     _parse_slots,
     console,
 )
-from engine.errors import SalesbotError
+from engine.errors import SalesbotError, SessionNotFound
 
 BACKEND_HELP = "LLM backend for this run (default: the flow's llm.backend)."
 
@@ -62,21 +65,36 @@ def _reply_line(reply) -> None:
 @click.option("--db", default="sqlite:///salesbot.db", show_default=True, help=DB_HELP)
 @click.option("--customer-id", default="cli-customer", show_default=True)
 @click.option("--slot", "slots", multiple=True, metavar="NAME=VALUE", help="Repeatable.")
-@click.option("--session", "session_id", default=None, help="Continue an existing session.")
+@click.option(
+    "--session",
+    "session_id",
+    default=None,
+    help="Continue this session, or start it under this id if there is none (LLM drafts are "
+    "sampled with a seed from the session id, so a named new session replays the same).",
+)
 @click.option("--backend", default=None, help=BACKEND_HELP)
 def chat(
     flow_dir: str, db: str, customer_id: str, slots: tuple[str, ...], session_id, backend
 ) -> None:
     """Talk to a flow in the terminal. Empty line or Ctrl-D hangs up."""
+    from engine.http.schemas import SESSION_ID
+
     values = _parse_slots(slots)
+    if session_id is not None and not re.fullmatch(SESSION_ID, session_id):
+        raise click.UsageError(
+            f"--session {session_id!r}: 1 to 64 letters, digits, '_' or '-' (as in the HTTP API)"
+        )
     engine = _build_engine(flow_dir, db, backend)
     try:
+        existing = None
         if session_id:
-            engine.store.get(session_id)
+            with contextlib.suppress(SessionNotFound):
+                existing = engine.store.get(session_id)
+        if existing is not None:
             console.print(f"continuing session {session_id}")
         else:
             values.setdefault("customer_name", "Alex")
-            reply = engine.start(customer_id, values)
+            reply = engine.start(customer_id, values, session_id=session_id)
             session_id = reply.session_id
             console.print(f"session {session_id}")
             _reply_line(reply)

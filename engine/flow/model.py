@@ -135,7 +135,7 @@ class Flow:
     scripts: MappingProxyType[str, Script]
     intents: MappingProxyType[str, tuple[str, ...]]
     library_hash: str = field(default="")
-    intent_note: bool = True  # llm.intent_note: LLM stages are told the classifier's reading
+    intent_note: bool = True  # llm.intent_note: LLM stages end with the stage and the reading
     early_stop: int = 2  # stable checks before a streamed draft is cut short; 0 = off
     classifier_model: str = "tfidf"  # "tfidf" | "tfidf+minilm"
     classifier_calibrate: bool = True  # temperature scaling on held-out predictions

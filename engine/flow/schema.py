@@ -175,9 +175,9 @@ class LLMConfig(_Strict):
     )
     intent_note: bool = Field(
         True,
-        description="End an LLM stage's prompt with the intent classifier's reading of the "
-        "customer's last words (hybrid arm). `salesbot tune` trains with the same setting; an "
-        "adapter trained without the note should be served without it.",
+        description="End an LLM stage's prompt with the engine's note: the stage, and the intent "
+        "classifier's reading of the customer's last words (hybrid arm). `salesbot tune` trains "
+        "with the same setting; an adapter trained without the note should be served without it.",
     )
 
 

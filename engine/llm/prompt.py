@@ -14,7 +14,8 @@ from engine.flow.model import Flow, Stage
 from engine.llm.base import ChatMessage
 
 PLAYBOOK_HEADER = "The call, step by step:"  # starts the pure_llm arm's playbook
-INTENT_NOTE = "The intent classifier reads the customer's last words as: "  # hybrid stages only
+STAGE_NOTE = "Stage: "  # the closing note of a hybrid LLM stage's prompt starts so ...
+INTENT_NOTE = "The intent classifier reads the customer's last words as: "  # ... and goes on so
 HISTORY_TURNS = 6  # customer/bot exchanges always kept in the prompt (6 to 11 are kept)
 MAX_MESSAGE_CHARS = 600  # a 10,000-character turn must not blow the context window
 MAX_SLOT_CHARS = 80  # per slot value in the prompt (start() already caps each slot's length)
@@ -70,12 +71,11 @@ def build_messages(
     (None when the bot speaks first).
 
     ``intent``: what the flow's intent classifier made of ``customer_text`` (None when it was
-    not sure). This is the hybrid design's hand-over: the small model has already read the
-    line, and the LLM is told what it read, so it chooses among the stage's scripts with the
-    classifier's reading in front of it instead of guessing the intent again from the words
-    alone (docs/tuning.md, "The classifier's reading"). It comes last, after the customer's
-    words, so the prompt up to them stays a prefix of the next turn's (KV reuse). A flow whose
-    adapter was trained without it sets ``llm.intent_note: false``.
+    not sure). This is the hybrid design's hand-over: the state machine and the small model have
+    already placed the call and read the line, and the LLM is told both in a closing note
+    (:func:`closing_note`), so it chooses among the stage's scripts with them in front of it
+    instead of guessing them again from the words alone (docs/tuning.md, "The engine's note").
+    A flow whose adapter was trained without the note sets ``llm.intent_note: false``.
     """
     persona = flow.persona.format_map(_KeepUnknown(_persona_values(flow, slots)))
     data = {k: str(v)[:MAX_SLOT_CHARS] for k, v in sorted(slots.items()) if v}
@@ -87,9 +87,28 @@ def build_messages(
         "discounts or promises."
     )
     messages = _with_history(system, history, customer_text, earlier)
-    if intent and flow.intent_note and customer_text and customer_text.strip():
-        messages.append({"role": "system", "content": f"{INTENT_NOTE}{intent}"})
+    if flow.intent_note:
+        said = bool(customer_text and customer_text.strip())
+        messages.append(closing_note(stage, intent if said else None))
     return messages
+
+
+def closing_note(stage: Stage, intent: str | None) -> ChatMessage:
+    """``Stage: objection. The intent classifier reads the customer's last words as: ask_price``
+    (the second sentence only when the classifier read something).
+
+    Why both, and why last: the tuned model learns (stage, intent) -> script. With only the
+    intent next to the reply and the stage far up in the system message, it learnt one first
+    word per intent across stages (measured: "how much is it?" in the objection stage opened
+    like the pitch stage's price answer, "There's...", and constrained decoding finished it as
+    objection.happy_no_pressure, 0 of 9). Coming after the customer's words, the note leaves
+    the prompt up to them a prefix of the next turn's (KV reuse): the next turn's history holds
+    the words and the reply, not the note.
+    """
+    text = f"{STAGE_NOTE}{stage.name}."
+    if intent:
+        text += f" {INTENT_NOTE}{intent}"
+    return {"role": "system", "content": text}
 
 
 def playbook(flow: Flow) -> str:

@@ -51,6 +51,7 @@ from engine.flow.schema import Name, _Strict
 from engine.llm.base import BackendError, BatchItem, ChatMessage, Generation
 from engine.llm.prompt import build_messages
 from engine.policy import decide, entry
+from engine.tuning.data import llm_stage_intents
 
 DEFAULT_ACT = "pitch"  # the act that answers an intent without a move (see the module doc)
 DECODINGS = ("free", "constrained")
@@ -118,14 +119,6 @@ def move_acts(population) -> dict[str, tuple[str, ...]]:
     for move in population.moves.values():
         acts.setdefault(move.intent, []).extend(move.answered_by)
     return {intent: tuple(dict.fromkeys(a)) for intent, a in acts.items()}
-
-
-def llm_stage_intents(population) -> set[str]:
-    """What a simulated customer says once the offer is on the table: its moves (objections
-    and questions), its answer to the needs question, and "no". Greeting and identity answers
-    ("speaking", a date of birth) are left out: nobody says them in a pitch."""
-    said = {move.intent for move in population.moves.values()}
-    return said | {population.intents.describe_needs, population.intents.decline}
 
 
 def _turns(flow: Flow, said: Sequence[str], llm_turns: int = 1):
