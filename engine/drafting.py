@@ -93,6 +93,12 @@ def draft_reply(
 
 def sent(backend: LLMBackend, messages: list[ChatMessage], reply: str | None, key: str) -> None:
     """Tell the backend what the customer now hears after ``messages`` (a fallback too): the
-    next turn's prompt continues with it, so a backend may encode it ahead (``prefill``)."""
+    next turn's prompt continues with it, so a backend may encode it ahead (``prefill``).
+
+    The engine's closing note (a system message after the customer's words: the stage and the
+    classifier's reading) is this turn's only: the next prompt's history holds the words and
+    the reply, so the note is left out here, or the encoded prefix would part from the next
+    prompt before the reply."""
     if reply:
-        backend.prefill([*messages, {"role": "assistant", "content": reply}], key)
+        said = messages[:-1] if messages and messages[-1]["role"] == "system" else messages
+        backend.prefill([*said, {"role": "assistant", "content": reply}], key)

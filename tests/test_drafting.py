@@ -9,6 +9,7 @@ from engine.compliance.embedders import CharNgramEmbedder
 from engine.drafting import draft_reply
 from engine.flow.loader import load_flow
 from engine.llm.base import BackendError
+from engine.llm.prompt import build_messages
 from tests.fakes import FakeBackend
 from tests.test_compliance_early_stop import ON_SCRIPT, StreamingFakeBackend
 from tests.test_engine import MINI
@@ -43,6 +44,23 @@ def test_a_whole_draft_is_generated_and_judged(compliance):
     # the backend hears what was sent (the approved script, not the draft), to encode it ahead
     sent = [*MESSAGES, {"role": "assistant", "content": result.text}]
     assert result.text != raw and backend.prefilled == [(sent, "s-1")]
+
+
+def test_the_engines_note_is_not_prefilled_with_the_reply(compliance):
+    """The next turn's prompt holds the customer's words and the reply, not this turn's note."""
+    backend = FakeBackend(ON_SCRIPT)
+    noted = [*MESSAGES, {"role": "system", "content": "Stage: pitch."}]
+    _, result, _ = draft_reply(
+        backend, compliance, noted, PITCH, SLOTS, {}, session_key="s-1", seed=7
+    )
+    assert backend.prefilled == [
+        ([*MESSAGES, {"role": "assistant", "content": result.text}], "s-1")
+    ]
+    # and the prefilled prompt is a prefix of the next turn's, as the engine builds it
+    history = [(None, "Hello"), ("yes", result.text)]
+    later = build_messages(FLOW, PITCH, history, SLOTS, "how much?", intent="ask_price")
+    earlier = build_messages(FLOW, PITCH, [(None, "Hello")], SLOTS, "yes", intent="affirm")
+    assert later[: len(earlier)] == [*earlier[:-1], {"role": "assistant", "content": result.text}]
 
 
 def test_a_streaming_backend_is_streamed_and_cut_once_the_script_is_settled(compliance):

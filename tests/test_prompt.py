@@ -16,13 +16,14 @@ def test_prompt_has_persona_goal_slots_history_and_the_new_text():
     system = messages[0]["content"]
     assert messages[0]["role"] == "system"
     assert "You are Sam." in system and "Offer the faster plan." in system and "Alex" in system
-    assert [m["role"] for m in messages[1:]] == ["assistant", "user", "assistant", "user"]
-    assert messages[-1]["content"] == "tell me more"
+    roles = [m["role"] for m in messages[1:]]
+    assert roles == ["assistant", "user", "assistant", "user", "system"]  # then the note
+    assert messages[-2]["content"] == "tell me more"
 
 
 def test_long_and_empty_customer_text():
     long = build_messages(FLOW, FLOW.stages["pitch"], [], {}, "x" * 10_000)
-    assert len(long[-1]["content"]) == MAX_MESSAGE_CHARS
+    assert len(long[-2]["content"]) == MAX_MESSAGE_CHARS
     empty = build_messages(FLOW, FLOW.stages["pitch"], [], {}, "  ")
     assert empty[-2]["role"] == "user" and empty[-2]["content"].startswith("(")
 
@@ -37,8 +38,8 @@ def test_the_stage_and_the_classifiers_reading_come_after_the_customers_words():
     assert plain[-1] == {"role": "user", "content": "too dear"}
     assert read[-1] == {"role": "system", "content": f"{STAGE_NOTE}pitch. {INTENT_NOTE}deny"}
     # the classifier not sure: the stage only
-    unsure = build_messages(FLOW, FLOW.stages["objection"], history, {}, "too dear")
-    assert unsure[-1] == {"role": "system", "content": f"{STAGE_NOTE}objection."}
+    unsure = build_messages(FLOW, FLOW.stages["pitch"], history, {}, "too dear")
+    assert unsure[-1] == {"role": "system", "content": f"{STAGE_NOTE}pitch."}
     # nothing said, nothing read: the model is asked to go on, with no reading to mislead it
     silent = build_messages(FLOW, FLOW.stages["pitch"], history, {}, "  ", intent="deny")
     assert silent[-2]["role"] == "user" and silent[-2]["content"].startswith("(")
@@ -61,17 +62,18 @@ def test_history_window_keeps_six_to_eleven_exchanges():
         messages = build_messages(FLOW, FLOW.stages["pitch"], _call(turns), {}, "next")
         shown = sum(1 for m in messages if m["role"] == "assistant")
         assert min(turns, 6) <= shown <= 11
-        assert messages[-2]["content"] == (f"bot {turns - 1}" if turns > 1 else "Hello.")
+        assert messages[-3]["content"] == (f"bot {turns - 1}" if turns > 1 else "Hello.")
 
 
 def test_prompts_of_later_turns_extend_earlier_ones_for_prefix_reuse():
-    """KV reuse needs turn N's prompt (minus the new text) to begin turn N+1's prompt."""
+    """KV reuse needs turn N's prompt, up to the customer's words (the engine's note after them
+    is not kept in the history), to begin turn N+1's prompt."""
     extended = 0
     for turns in range(1, 31):
         now = build_messages(FLOW, FLOW.stages["pitch"], _call(turns), {}, "caller x")
         later_history = [*_call(turns), ("caller x", "bot x")]
         later = build_messages(FLOW, FLOW.stages["pitch"], later_history, {}, "caller y")
-        extended += later[: len(now)] == now
+        extended += later[: len(now) - 1] == now[:-1]  # up to the customer's words
     assert extended >= 25  # the window's start moves once every six turns
 
 

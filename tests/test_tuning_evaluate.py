@@ -81,8 +81,8 @@ def test_the_prompt_carries_the_flows_classifier_reading_mistakes_included(conte
         if c.reading is None:  # not sure: the note names the stage only
             assert c.messages[-1] == {"role": "system", "content": note}
         else:
-            read = f"{note} {INTENT_NOTE}{c.reading}"
-            assert c.messages[-1] == {"role": "system", "content": read}
+            noted = f"{note} {INTENT_NOTE}{c.reading}"
+            assert c.messages[-1] == {"role": "system", "content": noted}
     # the classifier is right on most bank lines, and its misreadings are kept
     assert 0 < sum(c.reading != c.intent for c in contexts) < len(contexts) / 5
     misread = held_out_contexts(FLOW, POPULATION, read=lambda line: "deny")
