@@ -20,4 +20,3 @@ def test_the_shipped_adapters_match_their_flows(flow):
     manifest = verify_adapter(loaded.adapter)
     assert manifest["library_hash"] == loaded.library_hash
     assert (loaded.adapter / "adapter.gguf").is_file()  # the llamacpp backend's form
-
