@@ -178,8 +178,8 @@ def nearest_script(flow: Flow, lines: Mapping[str, Sequence[str]] | None = None)
     model can learn them ("how long is the contract?" gets pitch.details, which gives the term
     among the offer's facts). At weight 1, in the objection stage, 17 of the 52 contract
     objection lines were taught objection.moving_house, which starts "I understand" like the
-    price answer, and 5 of 9 held-out price objections then got the contract answer (0 of 9 at
-    weight 2).
+    price answer, and 5 of 9 held-out price objections then got the contract answer (0 of 9 in
+    run J at weight 2, 4 of 9 with the shipped adapter K; docs/benchmarks.md).
     ``lines`` (intent -> lines) give the intents' means and are embedded at once.
     """
     from engine.compliance import create_embedder
@@ -389,10 +389,11 @@ def balanced_sample(
     expect gets one); a plain sample would teach little else, while the pitch, the objections
     and the close are where a call is won. The hybrid arm's are grouped by (stage, intent): a
     plain sample follows how many histories reach each, and the model learnt the frequent
-    first words instead of reading the note (measured: a plain sample gave the objection stage
-    51 contract objections and 6 usage answers, and the adapter sent the contract answer to
-    16 of 18 held-out usage, "happy as I am" and "not interested" lines there; grouped, 84% of
-    the objection stage's held-out lines got an answering script, against 57%)."""
+    first words instead of reading the note (measured in run J: a plain sample, usage answers
+    cut to a quarter, gave the objection stage 51 contract objections and 6 usage answers, and
+    the adapter sent the contract answer to 16 of 18 held-out usage, "happy as I am" and "not
+    interested" lines there; grouped, 84% of the objection stage's held-out lines got an
+    answering script, against 57%)."""
     by_key: dict[object, list[Example]] = {}
     for example in examples:
         by_key.setdefault(key(example), []).append(example)
